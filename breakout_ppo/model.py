@@ -1,0 +1,73 @@
+"""Actor-critic networks for 10x10x4 MinAtar frames.
+
+Two towers, each a torso and a linear head: the actor's gives the logits of the 3 actions, the
+critic's the state value. Sharing nothing keeps the value loss from pulling on the policy's
+features, which is what the MinAtar PPO baselines do. Layer names are stable (`actor.torso.0`,
+`actor.head`, `critic.head`, ...) because the instruments attach to layers by name.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from breakout_ppo.env import GRID, NUM_ACTIONS, NUM_CHANNELS
+
+ARCHITECTURES = ("mlp", "cnn")
+
+
+def make_torso(arch: str, hidden: int) -> nn.Sequential:
+    """Frame (N, 4, 10, 10) -> features (N, hidden)."""
+    if arch == "mlp":
+        # The flattened frame, as the gymnax and purejaxrl baselines feed it.
+        return nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(NUM_CHANNELS * GRID * GRID, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+        )
+    if arch == "cnn":
+        # MinAtar's own network: 16 3x3 filters without padding, then one dense layer.
+        conv_out = 16 * (GRID - 2) * (GRID - 2)
+        return nn.Sequential(
+            nn.Conv2d(NUM_CHANNELS, 16, kernel_size=3),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(conv_out, hidden),
+            nn.ReLU(),
+        )
+    raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+
+
+class Tower(nn.Module):
+    def __init__(self, arch: str, hidden: int, outputs: int, head_gain: float):
+        super().__init__()
+        self.torso = make_torso(arch, hidden)
+        self.head = nn.Linear(hidden, outputs)
+        # Orthogonal init as in the PPO implementation-details literature: a small gain on the
+        # policy head starts the policy near uniform, gain 1 on the value head.
+        for layer in self.torso:
+            if isinstance(layer, (nn.Linear, nn.Conv2d)):
+                nn.init.orthogonal_(layer.weight, math.sqrt(2))
+                nn.init.zeros_(layer.bias)
+        nn.init.orthogonal_(self.head.weight, head_gain)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, obs):
+        return self.head(self.torso(obs))
+
+
+class ActorCritic(nn.Module):
+    """`forward(obs) -> (logits (N, 3), value (N,))` on float frames (N, 4, 10, 10)."""
+
+    def __init__(self, arch: str = "mlp", hidden: int = 64):
+        super().__init__()
+        self.arch, self.hidden = arch, hidden
+        self.actor = Tower(arch, hidden, NUM_ACTIONS, head_gain=0.01)
+        self.critic = Tower(arch, hidden, 1, head_gain=1.0)
+
+    def forward(self, obs: torch.Tensor):
+        return self.actor(obs), self.critic(obs).squeeze(-1)
