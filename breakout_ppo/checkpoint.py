@@ -1,0 +1,121 @@
+"""Checkpoints: everything a run needs to continue bit for bit, saved atomically, loaded safely.
+
+A checkpoint is a dict of tensors and plain values written with `torch.save` and read with
+`torch.load(weights_only=True)` only, so a file that smuggles code in a pickle is refused, never run.
+Random-number states are stored as tensors (numpy's legacy state tuple would not load there).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from breakout_ppo.config import Config
+from breakout_ppo.env import BreakoutState
+from breakout_ppo.model import ActorCritic
+
+FORMAT = "breakout-ppo-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint file that cannot be used; the message is one line meant for the user."""
+
+
+def save_checkpoint(path, *, model, optimizer, config: Config, env, global_step: int, update: int,
+                    sampler: torch.Generator) -> Path:
+    """Write the checkpoint to a temporary file beside `path`, then rename it into place, so a
+    crash mid-write never leaves a truncated file under the real name."""
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "env": {
+            "state": {name: t.cpu() for name, t in env.state._asdict().items()},
+            "episode_return": env.episode_return.cpu(),
+            "episode_length": env.episode_length.cpu(),
+            "episode_refills": env.episode_refills.cpu(),
+        },
+        "global_step": int(global_step),
+        "update": int(update),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "env": env.generator.get_state(),
+            "sampler": sampler.get_state(),
+        },
+    }
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Read and check a checkpoint; raise CheckpointError with a one-line reason otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint is not a file: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unpickling failed"
+        raise CheckpointError(f"refusing to load {path}: it is not a plain-data checkpoint ({reason[:200]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+        raise CheckpointError(f"cannot read {path}: the file is truncated or corrupt ({type(error).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a breakout-ppo checkpoint")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {payload.get('format_version')}, this code reads {FORMAT_VERSION}"
+        )
+    missing = {"config", "model", "optimizer", "env", "global_step", "update", "rng"} - set(payload)
+    if missing:
+        raise CheckpointError(f"{path} is incomplete: missing {', '.join(sorted(missing))}")
+    return payload
+
+
+def config_from_checkpoint(payload: dict, path="checkpoint") -> Config:
+    try:
+        return Config.from_dict(payload["config"]).validate()
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path} holds an invalid config: {error}") from None
+
+
+def model_from_checkpoint(payload: dict, config: Config, path="checkpoint") -> ActorCritic:
+    model = ActorCritic(config.arch, config.hidden)
+    try:
+        model.load_state_dict(payload["model"])
+    except (RuntimeError, KeyError, TypeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: model weights do not fit the config ({first[:200]})") from None
+    return model
+
+
+def load_agent(path, device="cpu"):
+    """Public API: `(model, config)` from a checkpoint, the model in eval mode on `device`."""
+    payload = load_checkpoint(path)
+    config = config_from_checkpoint(payload, path)
+    model = model_from_checkpoint(payload, config, path).to(device).eval()
+    return model, config
+
+
+def restore_env(env, payload: dict) -> None:
+    """Put the saved game states, episode counters and env RNG back into `env`."""
+    saved = payload["env"]
+    env.set_state(BreakoutState(**{name: t.to(env.device) for name, t in saved["state"].items()}))
+    env.episode_return = saved["episode_return"].to(env.device)
+    env.episode_length = saved["episode_length"].to(env.device)
+    env.episode_refills = saved["episode_refills"].to(env.device)
+    env.generator.set_state(payload["rng"]["env"])

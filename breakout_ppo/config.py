@@ -1,0 +1,128 @@
+"""The one configuration of a training run: every hyperparameter, its default and why.
+
+CLI flags map one to one onto these fields (`--learning-rate` -> `learning_rate`). A preset is a
+named set of overrides of the defaults; the defaults themselves are the preset `default`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- run ---
+    seed: int = 1
+    """Seeds the model init, the environments, action sampling and minibatch order."""
+    total_steps: int = 20_000_000
+    """Environment steps to train for (summed over all envs)."""
+    checkpoint_every: int = 50
+    """Save a checkpoint every this many updates (and always at the end or on Ctrl-C)."""
+
+    # --- environment ---
+    num_envs: int = 64
+    """Games stepped in parallel: rollout width."""
+    sticky_action_prob: float = 0.1
+    """MinAtar's default: the previous action is repeated with this probability."""
+    max_episode_steps: int | None = 10_000
+    """Episodes reaching this length are truncated (and bootstrapped, not treated as lost)."""
+
+    # --- model ---
+    arch: str = "mlp"
+    """Torso of both towers: "mlp" on the flattened frame or "cnn" (MinAtar's 16 3x3 filters)."""
+    hidden: int = 64
+    """Width of the torso layers."""
+
+    # --- PPO ---
+    num_steps: int = 128
+    """Rollout length per env between updates; a batch holds num_envs * num_steps transitions."""
+    learning_rate: float = 5e-3
+    """Adam step size at the start."""
+    anneal_lr: bool = True
+    """Decay the learning rate linearly to 0 over `total_steps`."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE(lambda) trace decay."""
+    num_minibatches: int = 8
+    """Minibatches per epoch."""
+    update_epochs: int = 4
+    """Passes over each batch."""
+    clip_coef: float = 0.2
+    """PPO ratio clip; also clips the value update."""
+    ent_coef: float = 0.01
+    """Weight of the entropy bonus in the optimised loss."""
+    vf_coef: float = 0.5
+    """Weight of the value loss."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip."""
+    norm_adv: bool = True
+    """Normalise advantages per minibatch."""
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def num_updates(self) -> int:
+        return max(1, self.total_steps // self.batch_size)
+
+    def validate(self) -> "Config":
+        """Raise ValueError with one clear line for values that make no sense."""
+        checks = [
+            (self.total_steps > 0, "total_steps must be positive"),
+            (self.num_envs > 0, "num_envs must be positive"),
+            (self.num_steps > 0, "num_steps must be positive"),
+            (self.num_minibatches > 0, "num_minibatches must be positive"),
+            (self.batch_size % self.num_minibatches == 0,
+             f"num_envs * num_steps ({self.batch_size}) must be divisible by num_minibatches ({self.num_minibatches})"),
+            (self.update_epochs > 0, "update_epochs must be positive"),
+            (self.learning_rate > 0, "learning_rate must be positive"),
+            (0 <= self.gamma <= 1, "gamma must be in [0, 1]"),
+            (0 <= self.gae_lambda <= 1, "gae_lambda must be in [0, 1]"),
+            (self.clip_coef > 0, "clip_coef must be positive"),
+            (self.ent_coef >= 0, "ent_coef must be non-negative"),
+            (self.vf_coef >= 0, "vf_coef must be non-negative"),
+            (self.max_grad_norm > 0, "max_grad_norm must be positive"),
+            (0 <= self.sticky_action_prob <= 1, "sticky_action_prob must be in [0, 1]"),
+            (self.max_episode_steps is None or self.max_episode_steps > 0, "max_episode_steps must be positive"),
+            (self.arch in ("mlp", "cnn"), f"arch must be 'mlp' or 'cnn', got {self.arch!r}"),
+            (self.hidden > 0, "hidden must be positive"),
+            (self.checkpoint_every > 0, "checkpoint_every must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        return self
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Config":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown config fields: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+PRESETS = {
+    "default": {},
+    # Seconds on a laptop CPU: for tests and for checking an installation.
+    "smoke": dict(total_steps=8 * 32 * 4, num_envs=8, num_steps=32, num_minibatches=2, update_epochs=2, checkpoint_every=2),
+}
+
+
+def preset(name: str, **overrides) -> Config:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return Config(**{**PRESETS[name], **overrides}).validate()

@@ -1,0 +1,195 @@
+"""Proximal Policy Optimization (Schulman et al. 2017) on `BatchedBreakout`, all in tensors.
+
+The three phases of one update, in the order the paper gives them:
+    collect_rollout  -> a `Rollout` of [T, N, ...] tensors (T steps of N envs)
+    compute_gae      -> advantages and returns, GAE(lambda) (Schulman et al. 2016)
+    ppo_update       -> epochs of minibatch steps on the clipped surrogate + value loss - entropy bonus
+`train.py` runs them in a loop and does the logging and checkpointing.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from breakout_ppo.config import Config
+from breakout_ppo.env import BatchedBreakout, BreakoutState, render
+
+
+class Rollout(NamedTuple):
+    """T steps of N envs: the single hand-off from acting to learning."""
+
+    obs: torch.Tensor  # float32 [T, N, 4, 10, 10], the frame each action was chosen on
+    actions: torch.Tensor  # int64 [T, N], requested actions (the policy's choice)
+    logprobs: torch.Tensor  # float32 [T, N], log pi_old(action | obs)
+    values: torch.Tensor  # float32 [T, N], V_old(obs)
+    rewards: torch.Tensor  # float32 [T, N]
+    terminated: torch.Tensor  # bool [T, N], the episode was lost at this step: no bootstrap
+    truncated: torch.Tensor  # bool [T, N], the episode hit the step cap: bootstrap from V(final obs)
+    truncation_values: torch.Tensor  # float32 [T, N], V(final obs) where truncated, else 0
+    last_value: torch.Tensor  # float32 [N], V of the observation after the last step
+
+
+class EpisodeStats(NamedTuple):
+    """Sums over the episodes that finished during a rollout (device tensors: no sync needed)."""
+
+    count: torch.Tensor
+    return_sum: torch.Tensor
+    length_sum: torch.Tensor
+
+
+def sample_actions(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Sample from Categorical(logits) with the Gumbel-max trick, drawing from `generator`.
+
+    An explicit generator makes a resumed run draw exactly what the uninterrupted one drew.
+    """
+    u = torch.rand(logits.shape, generator=generator, device=logits.device)
+    gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)))
+    return torch.argmax(logits + gumbel, dim=-1)
+
+
+@torch.no_grad()
+def collect_rollout(model, env: BatchedBreakout, obs: torch.Tensor, config: Config, generator):
+    """Play `config.num_steps` steps in every env with the current policy.
+
+    Returns `(rollout, next_obs, episode_stats)`; `next_obs` is the env's (in-place) buffer.
+    """
+    T, N = config.num_steps, env.num_envs
+    device = obs.device
+    obs_buf = torch.empty((T, *obs.shape), device=device)
+    actions = torch.empty((T, N), dtype=torch.int64, device=device)
+    logprobs = torch.empty((T, N), device=device)
+    values = torch.empty((T, N), device=device)
+    rewards = torch.empty((T, N), device=device)
+    terminated = torch.empty((T, N), dtype=torch.bool, device=device)
+    truncated = torch.empty((T, N), dtype=torch.bool, device=device)
+    final_states = []  # only kept when episodes can be truncated
+    count = torch.zeros((), device=device)
+    return_sum = torch.zeros((), device=device)
+    length_sum = torch.zeros((), device=device)
+
+    for t in range(T):
+        obs_buf[t] = obs
+        logits, value = model(obs)
+        action = sample_actions(logits, generator)
+        actions[t] = action
+        logprobs[t] = F.log_softmax(logits, dim=-1).gather(1, action[:, None]).squeeze(1)
+        values[t] = value
+        obs, rewards[t], terminated[t], truncated[t], info = env.step(action)
+        if env.max_episode_steps is not None:
+            final_states.append(info.final_state)
+        done = info.done.float()
+        count += done.sum()
+        return_sum += (info.episode_return * done).sum()
+        length_sum += (info.episode_length * done).sum()
+
+    truncation_values = torch.zeros((T, N), device=device)
+    if final_states:
+        # One host sync per rollout, not per step: find the truncated steps, value their last frames.
+        where = truncated.nonzero(as_tuple=True)
+        if where[0].numel():
+            stacked = BreakoutState(*(torch.stack(field) for field in zip(*final_states)))
+            cut = BreakoutState(*(field[where] for field in stacked))
+            truncation_values[where] = model(render(cut))[1]
+    last_value = model(obs)[1]
+    rollout = Rollout(obs_buf, actions, logprobs, values, rewards, terminated, truncated,
+                      truncation_values, last_value)
+    return rollout, obs, EpisodeStats(count, return_sum, length_sum)
+
+
+def compute_gae(rollout: Rollout, gamma: float, gae_lambda: float):
+    """GAE(lambda) advantages and the value targets (returns = advantages + values).
+
+    At a terminated step the future is worth 0; at a truncated step it is worth V(final obs),
+    the frame the cap cut off. Either way the lambda-trace stops there: the next row of the
+    rollout belongs to a new episode.
+    """
+    T = rollout.rewards.shape[0]
+    advantages = torch.zeros_like(rollout.rewards)
+    next_advantage = torch.zeros_like(rollout.last_value)
+    next_value = rollout.last_value
+    for t in reversed(range(T)):
+        episode_ended = rollout.terminated[t] | rollout.truncated[t]
+        future_value = torch.where(
+            episode_ended, torch.where(rollout.truncated[t], rollout.truncation_values[t], 0.0), next_value
+        )
+        delta = rollout.rewards[t] + gamma * future_value - rollout.values[t]
+        next_advantage = delta + gamma * gae_lambda * (~episode_ended).float() * next_advantage
+        advantages[t] = next_advantage
+        next_value = rollout.values[t]
+    return advantages, advantages + rollout.values
+
+
+def ppo_loss(model, obs, actions, old_logprobs, old_values, advantages, returns, config: Config):
+    """The clipped PPO objective on one minibatch. Returns `(loss, metrics)`; `loss` includes the
+    entropy bonus, so `ent_coef` acts on the parameters."""
+    logits, values = model(obs)
+    logp_all = F.log_softmax(logits, dim=-1)
+    logprobs = logp_all.gather(1, actions[:, None]).squeeze(1)
+    entropy = -(logp_all.exp() * logp_all).sum(dim=-1).mean()
+
+    log_ratio = logprobs - old_logprobs
+    ratio = log_ratio.exp()
+    if config.norm_adv:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    policy_loss = torch.max(
+        -advantages * ratio, -advantages * ratio.clamp(1 - config.clip_coef, 1 + config.clip_coef)
+    ).mean()
+
+    # Clipped value loss: the value may move at most clip_coef from its rollout-time estimate
+    # before the update stops rewarding the move.
+    values_clipped = old_values + (values - old_values).clamp(-config.clip_coef, config.clip_coef)
+    value_loss = 0.5 * torch.max((values - returns) ** 2, (values_clipped - returns) ** 2).mean()
+
+    loss = policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy
+    with torch.no_grad():
+        metrics = {
+            "policy_loss": policy_loss.detach(),
+            "value_loss": value_loss.detach(),
+            "entropy": entropy.detach(),
+            # Schulman's low-variance KL estimator, (r - 1) - log r.
+            "approx_kl": ((ratio - 1) - log_ratio).mean(),
+            "clip_fraction": ((ratio - 1).abs() > config.clip_coef).float().mean(),
+        }
+    return loss, metrics
+
+
+def ppo_update(model, optimizer, rollout: Rollout, config: Config, generator, learning_rate=None):
+    """One PPO update: `update_epochs` passes of minibatch Adam steps over the rollout.
+
+    This is the step training runs; tests run it too. Returns metrics averaged over minibatches.
+    """
+    if learning_rate is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate
+    advantages, returns = compute_gae(rollout, config.gamma, config.gae_lambda)
+    flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  [T, N, ...] -> [T*N, ...]
+    obs, actions, old_logprobs, old_values = (flat(x) for x in rollout[:4])
+    advantages, returns = flat(advantages), flat(returns)
+
+    sums = {}
+    steps = 0
+    for _ in range(config.update_epochs):
+        order = torch.randperm(obs.shape[0], generator=generator, device=generator.device).to(obs.device)
+        for idx in order.split(config.minibatch_size):
+            loss, metrics = ppo_loss(model, obs[idx], actions[idx], old_logprobs[idx], old_values[idx],
+                                     advantages[idx], returns[idx], config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value
+            steps += 1
+    metrics = {key: value / steps for key, value in sums.items()}
+    metrics["explained_variance"] = explained_variance(old_values, returns)
+    metrics["non_finite"] = ~torch.isfinite(loss.detach())
+    return metrics
+
+
+def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - Var[target - predicted] / Var[target]: 1 is perfect, 0 is no better than a constant."""
+    var = target.var()
+    return torch.where(var > 0, 1 - (target - predicted).var() / var, torch.full_like(var, float("nan")))

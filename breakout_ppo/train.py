@@ -1,0 +1,180 @@
+"""The training loop, and the one place that writes: TensorBoard events, checkpoints, config.
+
+Everything a run writes goes through `RunWriter`, so that when training spans several processes
+only one of them needs a writer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from breakout_ppo.checkpoint import (
+    config_from_checkpoint,
+    load_checkpoint,
+    model_from_checkpoint,
+    restore_env,
+    save_checkpoint,
+)
+from breakout_ppo.config import Config
+from breakout_ppo.env import BatchedBreakout
+from breakout_ppo.model import ActorCritic
+from breakout_ppo.ppo import collect_rollout, ppo_update
+
+
+class TrainingError(Exception):
+    """Training stopped for a reason the user must see (one line)."""
+
+
+class RunWriter:
+    """Owns `runs/<name>/`: the config as JSON, TensorBoard events, checkpoints."""
+
+    def __init__(self, run_dir: Path, config: Config):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        self.tb = SummaryWriter(str(self.run_dir))
+        self._log_hparams(config)
+
+    def _log_hparams(self, config: Config):
+        # Written into this run's own event file (add_hparams would make a sibling run), so
+        # TensorBoard's HParams tab pairs these values with this run's charts/episodic_return.
+        from torch.utils.tensorboard.summary import hparams
+
+        values = {k: (v if v is not None else "none") for k, v in config.to_dict().items()}
+        for summary in hparams(values, {"charts/episodic_return": 0.0}):
+            self.tb.file_writer.add_summary(summary)
+
+    def scalars(self, values: dict, step: int):
+        for tag, value in values.items():
+            self.tb.add_scalar(tag, value, step)
+
+    def checkpoint(self, name: str, **state) -> Path:
+        return save_checkpoint(self.run_dir / name, **state)
+
+    def close(self):
+        self.tb.flush()
+        self.tb.close()
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    global_step: int
+    updates: int
+    interrupted: bool
+    last_checkpoint: Path | None
+    recent_returns: list = field(default_factory=list)
+
+
+class _StopOnSigint:
+    """First Ctrl-C: finish the current update, checkpoint and stop. Second: stop at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self._previous = signal.getsignal(signal.SIGINT)
+        try:
+            signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def train(config: Config, run_dir, device="cpu", resume=None, progress=None) -> TrainResult:
+    """Train PPO from scratch (or from the checkpoint `resume`) and write the run to `run_dir`.
+
+    `progress(global_step, sps, recent_return)` is called after each update, for a progress bar.
+    """
+    device = torch.device(device)
+    config.validate()
+    payload = None
+    if resume is not None:
+        payload = load_checkpoint(resume)
+        saved = config_from_checkpoint(payload, resume)
+        if saved.replace(total_steps=config.total_steps) != config.replace(total_steps=config.total_steps):
+            raise TrainingError(f"{resume} was trained with a different config; resume with the same flags")
+
+    torch.manual_seed(config.seed)
+    model = ActorCritic(config.arch, config.hidden).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=1e-5)
+    env = BatchedBreakout(config.num_envs, device=device, sticky_action_prob=config.sticky_action_prob,
+                          max_episode_steps=config.max_episode_steps, seed=config.seed)
+    sampler = torch.Generator(device).manual_seed(config.seed + 1)
+    obs = env.reset()
+    global_step, first_update = 0, 0
+    if payload is not None:
+        model.load_state_dict(model_from_checkpoint(payload, config, resume).state_dict())
+        optimizer.load_state_dict(payload["optimizer"])
+        restore_env(env, payload)
+        obs = env.observe()
+        sampler.set_state(payload["rng"]["sampler"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        global_step, first_update = payload["global_step"], payload["update"]
+
+    writer = RunWriter(run_dir, config)
+    last_checkpoint, recent_returns = None, []
+
+    def save(update):
+        return writer.checkpoint("checkpoint.pt", model=model, optimizer=optimizer, config=config, env=env,
+                                 global_step=global_step, update=update, sampler=sampler)
+
+    start = time.perf_counter()
+    start_step = global_step
+    update = first_update
+    try:
+        with _StopOnSigint() as stop:
+            for update in range(first_update, config.num_updates):
+                lr = config.learning_rate
+                if config.anneal_lr:
+                    lr = config.learning_rate * (1.0 - update / config.num_updates)
+                rollout, obs, episodes = collect_rollout(model, env, obs, config, sampler)
+                metrics = ppo_update(model, optimizer, rollout, config, sampler, learning_rate=lr)
+                global_step += config.batch_size
+
+                if bool(metrics.pop("non_finite")):
+                    raise TrainingError(
+                        f"non-finite loss at update {update + 1} (step {global_step}); "
+                        f"last good checkpoint: {last_checkpoint or 'none saved yet'}"
+                    )
+                sps = (global_step - start_step) / (time.perf_counter() - start)
+                scalars = {f"losses/{k}": float(v) for k, v in metrics.items()}
+                scalars.update({"charts/learning_rate": lr, "charts/SPS": sps})
+                n = float(episodes.count)
+                if n > 0:
+                    mean_return = float(episodes.return_sum) / n
+                    recent_returns.append(mean_return)
+                    scalars["charts/episodic_return"] = mean_return
+                    scalars["charts/episodic_length"] = float(episodes.length_sum) / n
+                writer.scalars(scalars, global_step)
+                if progress is not None:
+                    progress(global_step, sps, recent_returns[-1] if recent_returns else math.nan)
+
+                done = update + 1
+                if stop.requested or done % config.checkpoint_every == 0 or done == config.num_updates:
+                    last_checkpoint = save(done)
+                if stop.requested:
+                    break
+    finally:
+        writer.close()
+    return TrainResult(Path(run_dir), global_step, update + 1 - first_update, stop.requested,
+                       last_checkpoint, recent_returns)
