@@ -2,15 +2,188 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
 import click
 
 from breakout_ppo import __version__
+from breakout_ppo.config import PRESETS, Config, field_docs, preset
+
+DEFAULT_LOGDIR = Path("runs")
+
+
+def resolve_device(name: str):
+    """'auto' picks CUDA when there is a GPU; asking for CUDA without one is an error."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise click.ClickException("--device cuda was requested but no CUDA GPU is available (use --device cpu or auto)")
+    return torch.device(name)
+
+
+device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                             show_default=True, help="Where tensors live.")
+
+
+NO_LIMIT = "none"
+
+
+class OptionalInt(click.ParamType):
+    """An integer, or 'none' for no limit (kept as the string until the config is built, since
+    None already means "flag not given")."""
+
+    name = "INTEGER|none"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        if str(value).lower() == NO_LIMIT:
+            return NO_LIMIT
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not an integer or 'none'", param, ctx)
+
+
+def config_options(command):
+    """One flag per Config field (`learning_rate` -> `--learning-rate`), help from its docstring."""
+    docs = field_docs()
+    for f in reversed(dataclasses.fields(Config)):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            option = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=docs.get(f.name))
+        elif f.type == "int | None":
+            option = click.option(flag, f.name, type=OptionalInt(), default=None, help=docs.get(f.name))
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type]
+            option = click.option(flag, f.name, type=kind, default=None, help=docs.get(f.name))
+        command = option(command)
+    return command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="breakout-ppo")
 def cli():
     """PPO on batched MinAtar Breakout, with instruments that show what the agent is thinking."""
+
+
+@cli.command()
+@click.option("--preset", "preset_name", type=click.Choice(list(PRESETS)), default="default", show_default=True,
+              help="Starting point for the config; flags below override it.")
+@click.option("--run-name", default=None, help="Directory name under --logdir (default: time-stamped).")
+@click.option("--logdir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_LOGDIR,
+              show_default=True, help="Parent directory of runs (TensorBoard's --logdir).")
+@click.option("--resume", type=click.Path(path_type=Path), default=None,
+              help="Continue from this checkpoint (same flags as the original run).")
+@device_option
+@config_options
+def train(preset_name, run_name, logdir, resume, device, **overrides):
+    """Train PPO and log to TensorBoard under runs/<run-name>/."""
+    from breakout_ppo.checkpoint import CheckpointError
+    from breakout_ppo.train import TrainingError, train as run_training
+
+    overrides = {k: (None if v == NO_LIMIT else v) for k, v in overrides.items() if v is not None}
+    try:
+        config = preset(preset_name, **overrides)
+    except (ValueError, TypeError) as error:
+        raise click.UsageError(str(error)) from None
+    device = resolve_device(device)
+    if run_name is None:
+        run_name = resume.parent.name if resume else datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = logdir / run_name
+    bar = ProgressLine(config.total_steps)
+    click.echo(f"training on {device}: {config.total_steps:,} steps, run {run_dir}", err=True)
+    try:
+        result = run_training(config, run_dir, device=device, resume=resume, progress=bar.update)
+    except (CheckpointError, TrainingError) as error:
+        bar.finish()
+        raise click.ClickException(str(error)) from None
+    except KeyboardInterrupt:
+        bar.finish()
+        click.echo("interrupted at once: the last periodic checkpoint in the run directory stands", err=True)
+        sys.exit(130)
+    bar.finish()
+    if result.interrupted:
+        click.echo(f"interrupted: checkpoint saved to {result.last_checkpoint}", err=True)
+    else:
+        click.echo(f"done: {result.global_step:,} steps, checkpoint {result.last_checkpoint}", err=True)
+
+
+class ProgressLine:
+    """A one-line progress bar on stderr: steps, SPS and the recent episodic return."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.tty = sys.stderr.isatty()
+        self.last_print = 0.0
+        self.start = time.perf_counter()
+
+    def update(self, step: int, sps: float, recent_return: float):
+        now = time.perf_counter()
+        if not self.tty and now - self.last_print < 10 and step < self.total:
+            return
+        self.last_print = now
+        frac = min(1.0, step / self.total)
+        filled = int(30 * frac)
+        ret = "-" if math.isnan(recent_return) else f"{recent_return:.1f}"
+        line = (f"[{'#' * filled}{'.' * (30 - filled)}] {step:,}/{self.total:,} steps "
+                f"{sps:,.0f} SPS return {ret} ({now - self.start:.0f}s)")
+        click.echo(("\r" + line) if self.tty else line, err=True, nl=not self.tty)
+
+    def finish(self):
+        if self.tty:
+            click.echo("", err=True)
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--episodes", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Episodes, one per env slot.")
+@click.option("--backend", type=click.Choice(["torch", "minatar"]), default="torch", show_default=True,
+              help="Our batched env, or the original minatar package (slower) to cross-check.")
+@click.option("--setting", type=click.Choice(["default", "gymnax"]), default="default", show_default=True,
+              help="default: sticky actions 0.1, 10,000-step cap. gymnax: no sticky actions, 1000-step cap "
+                   "(the setting of gymnax-blines' published score).")
+@click.option("--seed", type=int, default=12345, show_default=True, help="Seed of the evaluation episodes.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the figures as JSON.")
+@device_option
+def evaluate(checkpoint, episodes, backend, setting, seed, json_path, device):
+    """Evaluate a checkpoint: sampled and greedy policy, mean with 95% CI."""
+    import json
+
+    from breakout_ppo.checkpoint import CheckpointError, load_agent
+    from breakout_ppo.evaluate import SETTINGS, evaluate as run_evaluation
+
+    device = resolve_device(device)
+    try:
+        model, config = load_agent(checkpoint, device=device)
+    except CheckpointError as error:
+        raise click.ClickException(str(error)) from None
+    settings = SETTINGS[setting]
+    click.echo(f"{checkpoint}: {episodes} episodes on {backend}, setting {setting} "
+               f"(sticky {settings['sticky_action_prob']}, cap {settings['max_episode_steps']})")
+    header = f"{'policy':8} {'mean':>8} {'std':>8} {'95% CI':>16} {'min':>6} {'max':>6} {'length':>8} {'capped':>6}"
+    click.echo(header)
+    results = {}
+    for policy in ("sampled", "greedy"):
+        result = run_evaluation(model, episodes=episodes, device=device, greedy=policy == "greedy",
+                                seed=seed, backend=backend, **settings)
+        s = result.summary()
+        results[policy] = s
+        ci = f"[{s['mean'] - s['ci95']:.1f}, {s['mean'] + s['ci95']:.1f}]"
+        click.echo(f"{policy:8} {s['mean']:8.2f} {s['std']:8.2f} {ci:>16} {s['min']:6.0f} {s['max']:6.0f} "
+                   f"{s['mean_length']:8.0f} {s['truncated']:6d}")
+    if json_path:
+        json_path.write_text(json.dumps({"checkpoint": str(checkpoint), "backend": backend, "setting": setting,
+                                         "seed": seed, **results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -126,3 +126,19 @@ def preset(name: str, **overrides) -> Config:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return Config(**{**PRESETS[name], **overrides}).validate()
+
+
+def field_docs() -> dict[str, str]:
+    """The docstring under each field of `Config`, read from the source: the CLI's help text."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(Config)))
+    body = tree.body[0].body
+    docs = {}
+    for node, following in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str)):
+            docs[node.target.id] = following.value.value.strip()
+    return docs
