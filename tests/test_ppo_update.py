@@ -1,0 +1,76 @@
+"""The real update step: the entropy bonus reaches the parameters; rollouts bootstrap truncations."""
+
+import copy
+
+import torch
+
+from breakout_ppo.config import preset
+from breakout_ppo.env import BatchedBreakout
+from breakout_ppo.model import ActorCritic
+from breakout_ppo.ppo import collect_rollout, ppo_update
+
+
+def rollout_and_model(seed=0, **overrides):
+    config = preset("smoke", **overrides)
+    torch.manual_seed(seed)
+    model = ActorCritic(config.arch, config.hidden)
+    env = BatchedBreakout(config.num_envs, sticky_action_prob=config.sticky_action_prob,
+                          max_episode_steps=config.max_episode_steps, seed=seed)
+    rollout, _, _ = collect_rollout(model, env, env.reset(), config, torch.Generator().manual_seed(seed))
+    return config, model, rollout
+
+
+def updated_copy(model, rollout, config):
+    """Run the update that training runs, on a copy, with the same minibatch order."""
+    model = copy.deepcopy(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=1e-5)
+    metrics = ppo_update(model, optimizer, rollout, config, torch.Generator().manual_seed(123))
+    return model, metrics
+
+
+def flat_params(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_entropy_coefficient_changes_what_the_update_produces():
+    config, model, rollout = rollout_and_model()
+    without, _ = updated_copy(model, rollout, config.replace(ent_coef=0.0))
+    with_bonus, _ = updated_copy(model, rollout, config.replace(ent_coef=0.1))
+    difference = (flat_params(without) - flat_params(with_bonus)).abs().max()
+    assert difference > 1e-4, "the entropy coefficient did not change the parameters: the bonus is not optimised"
+
+    # And it pushes the way it should: the bonus leaves the policy more uncertain.
+    frames = rollout.obs.flatten(0, 1)
+
+    def entropy(m):
+        logp = torch.log_softmax(m(frames)[0], dim=-1)
+        return -(logp.exp() * logp).sum(-1).mean()
+
+    assert entropy(with_bonus) > entropy(without)
+
+
+def test_update_is_deterministic_and_reports_metrics():
+    config, model, rollout = rollout_and_model()
+    first, metrics = updated_copy(model, rollout, config)
+    second, _ = updated_copy(model, rollout, config)
+    assert torch.equal(flat_params(first), flat_params(second))
+    for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "explained_variance"):
+        assert torch.isfinite(torch.as_tensor(metrics[key])), key
+    assert 0 < float(metrics["entropy"]) <= torch.log(torch.tensor(3.0)) + 1e-6
+    assert not bool(metrics["non_finite"])
+
+
+def test_truncated_steps_are_bootstrapped_from_the_cut_off_frame():
+    cap = 5
+    config, model, rollout = rollout_and_model(max_episode_steps=cap, sticky_action_prob=0.0, num_steps=8)
+    first_cut = rollout.truncated[cap - 1]
+    assert first_cut.any() and not rollout.truncated[: cap - 1].any()
+
+    # Replay the same actions in an uncapped env: after step `cap` it shows the frame the cap cut off.
+    uncapped = BatchedBreakout(config.num_envs, sticky_action_prob=0.0, max_episode_steps=None, seed=0)
+    uncapped.reset()
+    for t in range(cap):
+        frame = uncapped.step(rollout.actions[t])[0]
+    expected = model(frame)[1]
+    torch.testing.assert_close(rollout.truncation_values[cap - 1][first_cut], expected[first_cut])
+    assert (rollout.truncation_values[~rollout.truncated] == 0).all()
