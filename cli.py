@@ -82,9 +82,11 @@ def cli():
               show_default=True, help="Parent directory of runs (TensorBoard's --logdir).")
 @click.option("--resume", type=click.Path(path_type=Path), default=None,
               help="Continue from this checkpoint (same flags as the original run).")
+@click.option("--snapshot-at", default="", metavar="SECONDS,...",
+              help="Benchmarks: also save snapshot-<t>s.pt, the last model before t seconds after start-up.")
 @device_option
 @config_options
-def train(preset_name, run_name, logdir, resume, device, **overrides):
+def train(preset_name, run_name, logdir, resume, snapshot_at, device, **overrides):
     """Train PPO and log to TensorBoard under runs/<run-name>/."""
     from breakout_ppo.checkpoint import CheckpointError
     from breakout_ppo.train import TrainingError, train as run_training
@@ -94,6 +96,11 @@ def train(preset_name, run_name, logdir, resume, device, **overrides):
         config = preset(preset_name, **overrides)
     except (ValueError, TypeError) as error:
         raise click.UsageError(str(error)) from None
+    try:
+        snapshot_seconds = [float(t) for t in snapshot_at.split(",") if t.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected seconds separated by commas, got {snapshot_at!r}",
+                                 param_hint="--snapshot-at") from None
     device = resolve_device(device)
     if run_name is None:
         run_name = resume.parent.name if resume else datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -101,7 +108,8 @@ def train(preset_name, run_name, logdir, resume, device, **overrides):
     bar = ProgressLine(config.total_steps)
     click.echo(f"training on {device}: {config.total_steps:,} steps, run {run_dir}", err=True)
     try:
-        result = run_training(config, run_dir, device=device, resume=resume, progress=bar.update)
+        result = run_training(config, run_dir, device=device, resume=resume, progress=bar.update,
+                              snapshot_seconds=snapshot_seconds)
     except (CheckpointError, TrainingError) as error:
         bar.finish()
         raise click.ClickException(str(error)) from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def save_checkpoint(path, *, model, optimizer, config: Config, env, global_step:
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "kind": "training",
         "config": config.to_dict(),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -51,6 +53,24 @@ def save_checkpoint(path, *, model, optimizer, config: Config, env, global_step:
             "sampler": sampler.get_state(),
         },
     }
+    return _atomic_save(payload, path)
+
+
+def save_model(path, weights: dict, config: Config, global_step: int, elapsed_seconds: float) -> Path:
+    """A model-only file for evaluation and inspection (cannot be resumed from)."""
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": "model",
+        "config": config.to_dict(),
+        "model": weights,
+        "global_step": int(global_step),
+        "elapsed_seconds": float(elapsed_seconds),
+    }
+    return _atomic_save(payload, Path(path))
+
+
+def _atomic_save(payload: dict, path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         torch.save(payload, tmp)
@@ -60,15 +80,20 @@ def save_checkpoint(path, *, model, optimizer, config: Config, env, global_step:
     return path
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """Read and check a checkpoint; raise CheckpointError with a one-line reason otherwise."""
+def load_checkpoint(path, map_location="cpu", resumable=False) -> dict:
+    """Read and check a checkpoint; raise CheckpointError with a one-line reason otherwise.
+
+    `resumable=True` also demands the training state (optimizer, env, RNGs), not just a model."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint is not a file: {path}")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # A foreign pickle makes torch warn before it refuses; the refusal is what we report.
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else "unpickling failed"
         raise CheckpointError(f"refusing to load {path}: it is not a plain-data checkpoint ({reason[:200]})") from None
@@ -80,7 +105,12 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise CheckpointError(
             f"{path} has checkpoint format version {payload.get('format_version')}, this code reads {FORMAT_VERSION}"
         )
-    missing = {"config", "model", "optimizer", "env", "global_step", "update", "rng"} - set(payload)
+    needed = {"config", "model"}
+    if resumable:
+        if payload.get("kind") != "training":
+            raise CheckpointError(f"{path} holds only a model; resume needs a training checkpoint (checkpoint.pt)")
+        needed |= {"optimizer", "env", "global_step", "update", "rng"}
+    missing = needed - set(payload)
     if missing:
         raise CheckpointError(f"{path} is incomplete: missing {', '.join(sorted(missing))}")
     return payload

@@ -6,8 +6,10 @@ only one of them needs a writer.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -21,11 +23,24 @@ from breakout_ppo.checkpoint import (
     model_from_checkpoint,
     restore_env,
     save_checkpoint,
+    save_model,
 )
 from breakout_ppo.config import Config
 from breakout_ppo.env import BatchedBreakout
 from breakout_ppo.model import ActorCritic
 from breakout_ppo.ppo import collect_rollout, ppo_update
+
+
+def process_start_time() -> float:
+    """Wall-clock time at which this process started (so start-up counts in time-to-score)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - (uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.time()
 
 
 class TrainingError(Exception):
@@ -59,6 +74,10 @@ class RunWriter:
 
     def checkpoint(self, name: str, **state) -> Path:
         return save_checkpoint(self.run_dir / name, **state)
+
+    def snapshot(self, name: str, weights: dict, config: Config, global_step: int, elapsed: float) -> Path:
+        """A model-only checkpoint (loadable with `load_agent`) with the time it existed at."""
+        return save_model(self.run_dir / name, weights, config, global_step, elapsed)
 
     def close(self):
         self.tb.flush()
@@ -100,16 +119,18 @@ class _StopOnSigint:
         return False
 
 
-def train(config: Config, run_dir, device="cpu", resume=None, progress=None) -> TrainResult:
+def train(config: Config, run_dir, device="cpu", resume=None, progress=None, snapshot_seconds=()) -> TrainResult:
     """Train PPO from scratch (or from the checkpoint `resume`) and write the run to `run_dir`.
 
     `progress(global_step, sps, recent_return)` is called after each update, for a progress bar.
+    `snapshot_seconds`: for time-to-score benchmarks, save `snapshot-<t>s.pt` holding the last
+    model that existed before `t` seconds after process start.
     """
     device = torch.device(device)
     config.validate()
     payload = None
     if resume is not None:
-        payload = load_checkpoint(resume)
+        payload = load_checkpoint(resume, resumable=True)
         saved = config_from_checkpoint(payload, resume)
         if saved.replace(total_steps=config.total_steps) != config.replace(total_steps=config.total_steps):
             raise TrainingError(f"{resume} was trained with a different config; resume with the same flags")
@@ -137,6 +158,10 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None) -> 
     def save(update):
         return writer.checkpoint("checkpoint.pt", model=model, optimizer=optimizer, config=config, env=env,
                                  global_step=global_step, update=update, sampler=sampler)
+
+    snapshots = sorted(snapshot_seconds)
+    process_start = process_start_time()
+    previous = None  # (elapsed seconds, global step, model weights) at the last update boundary
 
     start = time.perf_counter()
     start_step = global_step
@@ -168,6 +193,15 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None) -> 
                 writer.scalars(scalars, global_step)
                 if progress is not None:
                     progress(global_step, sps, recent_returns[-1] if recent_returns else math.nan)
+
+                elapsed = time.time() - process_start
+                while snapshots and elapsed >= snapshots[0]:
+                    deadline = snapshots.pop(0)
+                    if previous is not None:  # else no model existed before the deadline
+                        t, step, weights = previous
+                        writer.snapshot(f"snapshot-{deadline:g}s.pt", weights, config, step, t)
+                if snapshots:
+                    previous = (elapsed, global_step, copy.deepcopy(model.state_dict()))
 
                 done = update + 1
                 if stop.requested or done % config.checkpoint_every == 0 or done == config.num_updates:

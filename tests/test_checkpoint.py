@@ -1,0 +1,121 @@
+"""Checkpoints: round trip, bit-for-bit resume, and every kind of bad file."""
+
+import os
+import pickle
+import signal
+
+import pytest
+import torch
+
+from breakout_ppo.checkpoint import CheckpointError, load_agent, load_checkpoint, save_model
+from breakout_ppo.config import preset
+from breakout_ppo.model import ActorCritic
+from breakout_ppo.train import train
+
+SMOKE_4_UPDATES = dict(total_steps=4 * 8 * 32, checkpoint_every=100)
+
+
+def test_load_agent_returns_the_saved_model_and_config(tmp_path):
+    config = preset("smoke", hidden=32, arch="cnn")
+    model = ActorCritic(config.arch, config.hidden)
+    path = save_model(tmp_path / "m.pt", model.state_dict(), config, global_step=7, elapsed_seconds=1.0)
+    loaded, loaded_config = load_agent(path)
+    assert loaded_config == config
+    frames = torch.rand(5, 4, 10, 10).round()
+    for mine, theirs in zip(model(frames), loaded(frames)):
+        assert torch.equal(mine, theirs)
+
+
+def interrupt_after(updates):
+    """A progress callback that presses Ctrl-C once `updates` updates are done."""
+    def progress(step, sps, recent_return, _seen=[0]):
+        _seen[0] += 1
+        if _seen[0] == updates:
+            os.kill(os.getpid(), signal.SIGINT)
+    return progress
+
+
+def test_resume_equals_an_uninterrupted_run_bit_for_bit(tmp_path):
+    config = preset("smoke", **SMOKE_4_UPDATES)
+    straight = train(config, tmp_path / "straight")
+    assert straight.updates == 4 and not straight.interrupted
+
+    # Ctrl-C after update 2 (the real signal path): it must save at that update boundary.
+    first_half = train(config, tmp_path / "resumed", progress=interrupt_after(2))
+    assert first_half.interrupted and first_half.updates == 2
+    second_half = train(config, tmp_path / "resumed", resume=first_half.last_checkpoint)
+    assert second_half.updates == 2 and second_half.global_step == straight.global_step
+
+    a = load_checkpoint(straight.last_checkpoint, resumable=True)
+    b = load_checkpoint(second_half.last_checkpoint, resumable=True)
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    for (ka, va), (kb, vb) in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].items()):
+        for key in va:
+            assert torch.equal(torch.as_tensor(va[key]), torch.as_tensor(vb[key])), (ka, key)
+    for name, tensor in a["env"]["state"].items():
+        assert torch.equal(tensor, b["env"]["state"][name]), name
+    for name in ("env", "sampler"):
+        assert torch.equal(a["rng"][name], b["rng"][name]), name
+    assert a["update"] == b["update"] == 4
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    config = preset("smoke", **SMOKE_4_UPDATES)
+    done = train(config, tmp_path / "run")
+    with pytest.raises(Exception, match="different config"):
+        train(config.replace(learning_rate=1e-4), tmp_path / "run", resume=done.last_checkpoint)
+
+
+def test_a_model_only_snapshot_cannot_be_resumed(tmp_path):
+    config = preset("smoke")
+    path = save_model(tmp_path / "m.pt", ActorCritic().state_dict(), config, 0, 0.0)
+    with pytest.raises(CheckpointError, match="only a model"):
+        load_checkpoint(path, resumable=True)
+
+
+class RunsCode:
+    """Unpickling this would create a file: a checkpoint must never get that far."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def bad_files(tmp_path):
+    good = save_model(tmp_path / "good.pt", ActorCritic().state_dict(), preset("smoke"), 0, 0.0)
+    data = good.read_bytes()
+    marker = tmp_path / "code-ran"
+    files = {
+        "missing": tmp_path / "nope.pt",
+        "directory": tmp_path,
+        "empty": tmp_path / "empty.pt",
+        "truncated": tmp_path / "truncated.pt",
+        "corrupt": tmp_path / "corrupt.pt",
+        "foreign dict": tmp_path / "foreign.pt",
+        "foreign tensor": tmp_path / "tensor.pt",
+        "code in a torch file": tmp_path / "evil.pt",
+        "code in a plain pickle": tmp_path / "evil.pkl",
+        "wrong shapes": tmp_path / "shapes.pt",
+    }
+    files["empty"].write_bytes(b"")
+    files["truncated"].write_bytes(data[: len(data) // 2])
+    files["corrupt"].write_bytes(os.urandom(2048))
+    torch.save({"state_dict": {"w": torch.zeros(3)}}, files["foreign dict"])
+    torch.save(torch.zeros(3), files["foreign tensor"])
+    torch.save({"format": "breakout-ppo-checkpoint", "payload": RunsCode(str(marker))}, files["code in a torch file"])
+    files["code in a plain pickle"].write_bytes(pickle.dumps(RunsCode(str(marker))))
+    save_model(files["wrong shapes"], ActorCritic(hidden=16).state_dict(), preset("smoke"), 0, 0.0)  # config says 64
+    return files, marker
+
+
+def test_every_bad_file_is_a_checkpoint_error_and_runs_no_code(tmp_path):
+    files, marker = bad_files(tmp_path)
+    for kind, path in files.items():
+        with pytest.raises(CheckpointError) as error:
+            load_agent(path)
+        message = str(error.value)
+        assert "\n" not in message and str(path.name) in message, (kind, message)
+    assert not marker.exists(), "unpickling ran code from a checkpoint"

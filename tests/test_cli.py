@@ -1,0 +1,118 @@
+"""The command line as a user meets it: help, training output, bad input, Ctrl-C."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import cli
+from breakout_ppo.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args):
+    return CliRunner().invoke(cli.cli, [str(a) for a in args])
+
+
+def test_help_and_version():
+    assert run("--help").exit_code == 0
+    result = run("--version")
+    assert result.exit_code == 0 and "0.1.0" in result.output
+    assert "--learning-rate" in run("train", "--help").output
+
+
+def test_train_writes_events_hparams_config_and_checkpoint(tmp_path):
+    result = run("train", "--preset", "smoke", "--run-name", "r", "--logdir", tmp_path, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "r"
+    assert (run_dir / "config.json").exists()
+    assert load_checkpoint(run_dir / "checkpoint.pt", resumable=True)["update"] == 4
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in ("charts/episodic_return", "charts/SPS", "charts/learning_rate", "losses/policy_loss",
+                "losses/value_loss", "losses/entropy", "losses/approx_kl", "losses/clip_fraction",
+                "losses/explained_variance"):
+        assert tag in scalars, tag
+    # HParams live in this run's own event file, not in a sibling run directory.
+    assert "_hparams_/experiment" in events.PluginTagToContent("hparams")
+    assert [p.name for p in run_dir.iterdir() if p.is_dir()] == []
+
+
+BAD_FLAGS = [
+    ("train", "--num-envs", "0"),
+    ("train", "--learning-rate", "-1"),
+    ("train", "--learning-rate", "fast"),
+    ("train", "--gamma", "1.5"),
+    ("train", "--num-minibatches", "7"),
+    ("train", "--arch", "transformer"),
+    ("train", "--preset", "huge"),
+    ("train", "--max-episode-steps", "forever"),
+    ("train", "--snapshot-at", "soon"),
+    ("train", "--device", "tpu"),
+    ("evaluate", "whatever.pt", "--episodes", "0"),
+]
+
+
+@pytest.mark.parametrize("args", BAD_FLAGS, ids=[" ".join(a) for a in BAD_FLAGS])
+def test_nonsense_flags_get_a_clear_error(args, tmp_path):
+    result = run(*args, *(["--logdir", tmp_path] if args[0] == "train" else []))
+    assert result.exit_code != 0
+    assert "Error" in result.output and "Traceback" not in result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
+    result = run("train", "--preset", "smoke", "--device", "cuda", "--logdir", tmp_path)
+    assert result.exit_code != 0 and "no CUDA GPU" in result.output
+
+
+def test_evaluate_prints_both_policies(tmp_path):
+    assert run("train", "--preset", "smoke", "--run-name", "r", "--logdir", tmp_path).exit_code == 0
+    result = run("evaluate", tmp_path / "r" / "checkpoint.pt", "--episodes", "16", "--json", tmp_path / "e.json")
+    assert result.exit_code == 0, result.output
+    assert "sampled" in result.output and "greedy" in result.output
+    assert (tmp_path / "e.json").exists()
+
+
+def test_evaluate_a_corrupt_checkpoint_is_one_line(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    result = subprocess.run([sys.executable, "cli.py", "evaluate", str(bad)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.strip().count("\n") == 0 and "Error" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_ctrl_c_saves_a_checkpoint_flushes_events_and_exits_cleanly(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "cli.py", "train", "--preset", "smoke", "--total-steps", "100000000", "--run-name", "c",
+         "--logdir", str(tmp_path), "--checkpoint-every", "100000"],
+        cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        # Wait until training is under way (the first progress line), then press Ctrl-C.
+        for line in process.stderr:
+            if "SPS" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        rest = process.communicate(timeout=60)[1]
+    finally:
+        process.kill()
+    assert process.returncode == 0, rest
+    assert "interrupted: checkpoint saved" in rest
+    payload = load_checkpoint(tmp_path / "c" / "checkpoint.pt", resumable=True)
+    assert payload["update"] >= 1
+    events = EventAccumulator(str(tmp_path / "c"))
+    events.Reload()
+    assert len(events.Scalars("losses/policy_loss")) >= payload["update"]
