@@ -1,0 +1,121 @@
+"""Time to score: wall clock from process start to a mean evaluation return, over several seeds.
+
+For each seed this runs `python cli.py train` exactly as a user would (start-up included), which
+saves `snapshot-<t>s.pt`, the last model that existed before t seconds. Training is stopped after
+the last snapshot; then each snapshot is evaluated on 1024 episodes of sticky-action (p = 0.1)
+Breakout capped at 10,000 steps, with the sampled policy. Run it on an otherwise idle machine:
+the figures are wall-clock seconds.
+
+    python benchmarks/train_speed.py --seeds 1,2,3 --json /tmp/train_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from breakout_ppo.checkpoint import load_agent, load_checkpoint  # noqa: E402
+from breakout_ppo.evaluate import evaluate  # noqa: E402
+
+
+def train_with_snapshots(seed, snapshots, logdir, extra_args):
+    run_name = f"seed{seed}"
+    command = [sys.executable, "cli.py", "train", "--run-name", run_name, "--logdir", str(logdir),
+               "--seed", str(seed), "--device", "cpu",
+               "--snapshot-at", ",".join(f"{t:g}" for t in snapshots), *extra_args]
+    run_dir = Path(logdir) / run_name
+    last = run_dir / f"snapshot-{max(snapshots):g}s.pt"
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while process.poll() is None and not last.exists():
+            time.sleep(0.5)
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)  # saves a checkpoint and exits cleanly
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    if not last.exists():
+        raise SystemExit(f"training for seed {seed} ended before {max(snapshots):g}s:\n{stderr[-2000:]}")
+    return run_dir
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--snapshots", default="30,60,90,120,150", help="seconds after process start")
+    parser.add_argument("--targets", default="28,40", help="returns whose time-to-reach is reported")
+    parser.add_argument("--episodes", type=int, default=1024)
+    parser.add_argument("--logdir", default=None, help="where the runs go (default: a temporary directory)")
+    parser.add_argument("--json", dest="json_path", default=None)
+    parser.add_argument("train_args", nargs="*", help="extra flags for `cli.py train`, after --")
+    args = parser.parse_args()
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    snapshots = sorted(float(t) for t in args.snapshots.split(","))
+    targets = [float(t) for t in args.targets.split(",")]
+    logdir = Path(args.logdir or tempfile.mkdtemp(prefix="train_speed-"))
+
+    rows = []
+    for seed in seeds:
+        run_dir = train_with_snapshots(seed, snapshots, logdir, args.train_args)
+        for t in snapshots:
+            path = run_dir / f"snapshot-{t:g}s.pt"
+            if not path.exists():
+                continue
+            payload = load_checkpoint(path)
+            model, _ = load_agent(path)
+            result = evaluate(model, episodes=args.episodes, sticky_action_prob=0.1, max_episode_steps=10_000,
+                              seed=10_000 + seed)
+            row = {"seed": seed, "deadline_s": t, "snapshot_s": payload["elapsed_seconds"],
+                   "steps": payload["global_step"], **result.summary()}
+            row["sps"] = row["steps"] / row["snapshot_s"]
+            rows.append(row)
+            print(f"seed {seed}  t<={t:5.0f}s  (model at {row['snapshot_s']:5.1f}s, {row['steps']:>10,} steps, "
+                  f"{row['sps']:>7,.0f} SPS)  return {row['mean']:6.2f} ± {row['ci95']:.2f}", flush=True)
+
+    print()
+    header = f"{'seed':>4} " + " ".join(f"{f't<={t:g}s':>12}" for t in snapshots) + "  " + \
+        " ".join(f"{f'time to {x:g}':>12}" for x in targets)
+    print(header)
+    summary = {}
+    for seed in seeds:
+        mine = [r for r in rows if r["seed"] == seed]
+        cells = " ".join(f"{r['mean']:12.2f}" for r in mine)
+        reach = {}
+        for x in targets:
+            hit = [r["deadline_s"] for r in mine if r["mean"] >= x]
+            reach[x] = min(hit) if hit else None
+        summary[seed] = reach
+        print(f"{seed:>4} {cells}  " + " ".join(f"{(f'<={v:g}s' if v else 'not reached'):>12}" for v in reach.values()))
+
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps({
+            "benchmark": "train_speed",
+            "date": datetime.now(timezone.utc).isoformat(),
+            "torch": torch.__version__,
+            "cpu_count": os.cpu_count(),
+            "machine": platform.processor() or platform.machine(),
+            "train_args": args.train_args,
+            "episodes": args.episodes,
+            "rows": rows,
+            "time_to_target": {str(s): {f"{k:g}": v for k, v in r.items()} for s, r in summary.items()},
+        }, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
