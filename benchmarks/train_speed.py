@@ -54,6 +54,44 @@ def train_with_snapshots(seed, snapshots, logdir, extra_args):
     return run_dir
 
 
+def training_curve(run_dir):
+    """(elapsed seconds, training episodic return) from a run's TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    elapsed = {e.step: e.value for e in events.Scalars("charts/elapsed_seconds")}
+    points = [(elapsed[e.step], e.value) for e in events.Scalars("charts/episodic_return") if e.step in elapsed]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot_curves(logdir, seeds, rows, targets, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    for i, seed in enumerate(seeds):
+        colour = f"C{i}"
+        x, y = training_curve(Path(logdir) / f"seed{seed}")
+        ax.plot(x, y, color=colour, alpha=0.35, lw=1, label=f"seed {seed}: training return")
+        mine = [r for r in rows if r["seed"] == seed]
+        ax.errorbar([r["snapshot_s"] for r in mine], [r["mean"] for r in mine], yerr=[r["ci95"] for r in mine],
+                    color=colour, marker="o", ms=4, lw=1.5, capsize=3,
+                    label=f"seed {seed}: evaluation (1024 episodes, 95% CI)")
+    for target in targets:
+        ax.axhline(target, color="grey", ls=":", lw=1)
+    ax.set_xlabel("wall-clock seconds since process start (2-core CPU)")
+    ax.set_ylabel("mean episodic return")
+    ax.set_title("PPO on MinAtar Breakout (sticky actions p=0.1), default preset")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="1,2,3")
@@ -62,6 +100,7 @@ def main():
     parser.add_argument("--episodes", type=int, default=1024)
     parser.add_argument("--logdir", default=None, help="where the runs go (default: a temporary directory)")
     parser.add_argument("--json", dest="json_path", default=None)
+    parser.add_argument("--plot", default=None, help="write learning curves (PNG) here")
     parser.add_argument("train_args", nargs="*", help="extra flags for `cli.py train`, after --")
     args = parser.parse_args()
 
@@ -102,6 +141,9 @@ def main():
             reach[x] = min(hit) if hit else None
         summary[seed] = reach
         print(f"{seed:>4} {cells}  " + " ".join(f"{(f'<={v:g}s' if v else 'not reached'):>12}" for v in reach.values()))
+
+    if args.plot:
+        plot_curves(logdir, seeds, rows, targets, args.plot)
 
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({

@@ -183,7 +183,8 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, sna
                     )
                 sps = (global_step - start_step) / (time.perf_counter() - start)
                 scalars = {f"losses/{k}": float(v) for k, v in metrics.items()}
-                scalars.update({"charts/learning_rate": lr, "charts/SPS": sps})
+                elapsed = time.time() - process_start
+                scalars.update({"charts/learning_rate": lr, "charts/SPS": sps, "charts/elapsed_seconds": elapsed})
                 n = float(episodes.count)
                 if n > 0:
                     mean_return = float(episodes.return_sum) / n
@@ -194,7 +195,6 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, sna
                 if progress is not None:
                     progress(global_step, sps, recent_returns[-1] if recent_returns else math.nan)
 
-                elapsed = time.time() - process_start
                 while snapshots and elapsed >= snapshots[0]:
                     deadline = snapshots.pop(0)
                     if previous is not None:  # else no model existed before the deadline
