@@ -171,6 +171,7 @@ def ppo_update(model, optimizer, rollout: Rollout, config: Config, generator, le
 
     sums = {}
     steps = 0
+    non_finite = torch.zeros((), dtype=torch.bool, device=obs.device)
     for _ in range(config.update_epochs):
         order = torch.randperm(obs.shape[0], generator=generator, device=generator.device).to(obs.device)
         for idx in order.split(config.minibatch_size):
@@ -179,6 +180,7 @@ def ppo_update(model, optimizer, rollout: Rollout, config: Config, generator, le
                          (obs, actions, old_logprobs, old_values, advantages, returns))
             loss, metrics = ppo_loss(model, *minibatch, config)
             optimizer.zero_grad(set_to_none=True)
+            non_finite |= ~torch.isfinite(loss.detach())
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
@@ -187,7 +189,7 @@ def ppo_update(model, optimizer, rollout: Rollout, config: Config, generator, le
             steps += 1
     metrics = {key: value / steps for key, value in sums.items()}
     metrics["explained_variance"] = explained_variance(old_values, returns)
-    metrics["non_finite"] = ~torch.isfinite(loss.detach())
+    metrics["non_finite"] = non_finite  # checked once per update by the caller: no per-step sync
     return metrics
 
 

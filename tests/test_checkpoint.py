@@ -119,3 +119,24 @@ def test_every_bad_file_is_a_checkpoint_error_and_runs_no_code(tmp_path):
         message = str(error.value)
         assert "\n" not in message and str(path.name) in message, (kind, message)
     assert not marker.exists(), "unpickling ran code from a checkpoint"
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import breakout_ppo.ppo as ppo
+    from breakout_ppo.train import TrainingError
+
+    real_loss, calls = ppo.ppo_loss, [0]
+    config = preset("smoke", total_steps=6 * 8 * 32, checkpoint_every=1)
+    steps_per_update = config.update_epochs * config.num_minibatches
+
+    def loss_that_blows_up_in_update_3(*args, **kwargs):
+        calls[0] += 1
+        loss, metrics = real_loss(*args, **kwargs)
+        return (loss * float("nan") if calls[0] > 2 * steps_per_update else loss), metrics
+
+    monkeypatch.setattr(ppo, "ppo_loss", loss_that_blows_up_in_update_3)
+    with pytest.raises(TrainingError, match="non-finite loss at update 3"):
+        train(config, tmp_path / "run")
+    payload = load_checkpoint(tmp_path / "run" / "checkpoint.pt", resumable=True)
+    assert payload["update"] == 2
+    assert all(torch.isfinite(t).all() for t in payload["model"].values())
