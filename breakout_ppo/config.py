@@ -15,14 +15,16 @@ class Config:
     # --- run ---
     seed: int = 1
     """Seeds the model init, the environments, action sampling and minibatch order."""
-    total_steps: int = 20_000_000
-    """Environment steps to train for (summed over all envs)."""
-    checkpoint_every: int = 50
+    total_steps: int = 12_000_000
+    """Environment steps to train for (summed over all envs); the learning rate reaches 0 here."""
+    checkpoint_every: int = 100
     """Save a checkpoint every this many updates (and always at the end or on Ctrl-C)."""
 
     # --- environment ---
-    num_envs: int = 64
-    """Games stepped in parallel: rollout width."""
+    num_envs: int = 1024
+    """Games stepped in parallel: rollout width. Many games and short rollouts (1024 x 16) learned
+    faster per second on a 2-core CPU than the baselines' 64 x 128: batched acting is cheaper per
+    step, and each update sees more decorrelated games."""
     sticky_action_prob: float = 0.1
     """MinAtar's default: the previous action is repeated with this probability."""
     max_episode_steps: int | None = 10_000
@@ -35,7 +37,7 @@ class Config:
     """Width of the torso layers."""
 
     # --- PPO ---
-    num_steps: int = 128
+    num_steps: int = 16
     """Rollout length per env between updates; a batch holds num_envs * num_steps transitions."""
     learning_rate: float = 5e-3
     """Adam step size at the start."""
@@ -46,7 +48,7 @@ class Config:
     gae_lambda: float = 0.95
     """GAE(lambda) trace decay."""
     num_minibatches: int = 8
-    """Minibatches per epoch."""
+    """Minibatches per epoch (2048 transitions each with the defaults)."""
     update_epochs: int = 4
     """Passes over each batch."""
     clip_coef: float = 0.2

@@ -12,10 +12,11 @@ RANDOM_PLAY = 0.5  # MinAtar README: a uniformly random policy scores about 0.5 
 
 @pytest.mark.slow
 def test_a_short_run_learns_to_play(tmp_path):
-    # About 25-40 s on a 2-core CPU. The default preset, stopped early: the learning-rate schedule
+    # About 20-40 s on a 2-core CPU. The default preset, stopped early: the learning-rate schedule
     # follows the shorter budget.
     config = preset("default", total_steps=1_000_000, seed=3)
     result = train(config, tmp_path / "run")
     model, _ = load_agent(result.last_checkpoint)
     score = evaluate(model, episodes=256, sticky_action_prob=0.1, max_episode_steps=10_000, seed=99)
-    assert score.mean - score.ci95 > 10 * RANDOM_PLAY, score.summary()
+    # Seeds 3 and 4 scored 12.1 and 14.5 here; random play scores 0.5.
+    assert score.mean - score.ci95 > 16 * RANDOM_PLAY, score.summary()
