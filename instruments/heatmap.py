@@ -27,7 +27,17 @@ from typing import Callable
 import numpy as np
 import torch
 
-from breakout_ppo.env import GRID, LEFT, NOOP, NUM_ACTIONS, PADDLE_ROW, RIGHT, BatchedBreakout, BreakoutState
+from breakout_ppo.env import (
+    GRID,
+    LEFT,
+    NOOP,
+    NUM_ACTIONS,
+    NUM_BRICK_CELLS,
+    PADDLE_ROW,
+    RIGHT,
+    BatchedBreakout,
+    BreakoutState,
+)
 from breakout_ppo.evaluate import policy_actions
 
 Policy = Callable[[torch.Tensor], torch.Tensor]
@@ -308,6 +318,12 @@ def _env_subset(env: BatchedBreakout, rows: torch.Tensor, seed: int) -> BatchedB
     return smaller
 
 
+def _popcount(bricks: torch.Tensor) -> torch.Tensor:
+    """Bricks standing in each 30-bit brick mask."""
+    bits = torch.arange(NUM_BRICK_CELLS, device=bricks.device)
+    return ((bricks.unsqueeze(1) >> bits) & 1).sum(dim=1)
+
+
 def _summarise(everyone: _Slots, ball_all: torch.Tensor, last_k: int, max_episode_steps, sticky_action_prob):
     """Read every lost episode's last K frames out of its ring buffer and count them."""
     lengths = everyone.length.cpu().numpy()
@@ -339,7 +355,7 @@ def _summarise(everyone: _Slots, ball_all: torch.Tensor, last_k: int, max_episod
         lengths=lengths,
         lost=lost,
         truncated=everyone.truncated.cpu().numpy(),
-        bricks_left=np.bitwise_count(everyone.bricks.cpu().numpy()).astype(np.int64),
+        bricks_left=_popcount(everyone.bricks).cpu().numpy(),
         refills=everyone.refills.cpu().numpy(),
         ball_before_loss=by_age(ball_cell, GRID * GRID).reshape(last_k, GRID, GRID),
         paddle_before_loss=by_age(paddle, GRID),
@@ -364,16 +380,15 @@ def _compact(n: float) -> str:
     return f"{n:.0f}"
 
 
-def _annotate(ax, image, values, text, min_fraction=0.0):
+def _annotate(ax, image, values, text, fontsize=7):
     """Write `text(value)` in every cell whose value is nonzero, dark on light cells, light on dark."""
     cmap, norm = image.get_cmap(), image.norm
-    top = values.max() if values.size else 0
     for (row, column), value in np.ndenumerate(values):
-        if value <= 0 or value < min_fraction * top:
+        if value <= 0:
             continue
         r, g, b, _ = cmap(norm(value))
         colour = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
-        ax.text(column, row, text(value), ha="center", va="center", fontsize=7, color=colour)
+        ax.text(column, row, text(value), ha="center", va="center", fontsize=fontsize, color=colour)
 
 
 def _grid_panel(fig, ax, counts, title, text, cmap="magma_r", colourbar_label="count"):
@@ -398,7 +413,7 @@ def _age_panel(fig, ax, counts, title, xticks, xlabel):
     flipped = counts[::-1]  # oldest frame on top, as the ball falls down the page
     image = ax.imshow(np.ma.masked_equal(flipped, 0), cmap="magma_r", vmin=0, vmax=max(counts.max(), 1),
                       aspect="auto")
-    _annotate(ax, image, flipped, _compact)
+    _annotate(ax, image, flipped, _compact, fontsize=7 if counts.shape[1] <= 13 else 6)
     ax.set_title(title, fontsize=10)
     ax.set_yticks(range(k), [f"{k - i}" + (" (last)" if i == k - 1 else "") for i in range(k)], fontsize=8)
     ax.set_ylabel("frames before the loss")
