@@ -253,7 +253,8 @@ def failure_heatmap(policy: Policy, episodes: int = 1000, last_k: int = 8, max_e
     Every `compact_every` steps (the only host syncs) the loop checks whether all slots are done,
     and once at most half the batch is still playing it moves those games into a smaller env, so
     that a long tail of survivors costs what its size costs. The smaller env draws its sticky
-    actions from a new stream: same statistics, other samples; `compact_every=None` never compacts.
+    actions from a new stream: same statistics, other samples. `compact_every=None` never compacts
+    (and checks for the end every 64 steps). The policy sees the batch shrink: it must act row by row.
     """
     if last_k < 1:
         raise ValueError(f"last_k must be at least 1, got {last_k}")
@@ -264,7 +265,7 @@ def failure_heatmap(policy: Policy, episodes: int = 1000, last_k: int = 8, max_e
     state = env.get_state()
     everyone = _Slots.empty(episodes, last_k, device)
     slots = everyone.select(everyone.slot)
-    ball_all = torch.zeros(NUM_POSITIONS, dtype=torch.int64, device=device)
+    position_counts = torch.zeros(NUM_POSITIONS, dtype=torch.int64, device=device)  # over all frames
     compactions = 0
 
     step = 0  # every slot started together, so this is each running episode's step
@@ -273,7 +274,7 @@ def failure_heatmap(policy: Policy, episodes: int = 1000, last_k: int = 8, max_e
         code = position_code(state)
         ring_row = slots.recent[step % last_k]
         ring_row.copy_(torch.where(slots.active, code, ring_row))
-        ball_all.scatter_add_(0, code, slots.active.long())
+        position_counts.scatter_add_(0, code, slots.active.long())
 
         obs, _, terminated, truncated, info = env.step(policy(obs))
         step += 1
@@ -304,7 +305,7 @@ def failure_heatmap(policy: Policy, episodes: int = 1000, last_k: int = 8, max_e
             slots = slots.select(rows)
             obs, state = env.observe(), env.get_state()
     slots.write_into(everyone)
-    return _summarise(everyone, ball_all, last_k, max_episode_steps, sticky_action_prob)
+    return _summarise(everyone, position_counts, last_k, max_episode_steps, sticky_action_prob)
 
 
 def _env_subset(env: BatchedBreakout, rows: torch.Tensor, seed: int) -> BatchedBreakout:
@@ -324,7 +325,8 @@ def _popcount(bricks: torch.Tensor) -> torch.Tensor:
     return ((bricks.unsqueeze(1) >> bits) & 1).sum(dim=1)
 
 
-def _summarise(everyone: _Slots, ball_all: torch.Tensor, last_k: int, max_episode_steps, sticky_action_prob):
+def _summarise(everyone: _Slots, position_counts: torch.Tensor, last_k: int, max_episode_steps,
+               sticky_action_prob):
     """Read every lost episode's last K frames out of its ring buffer and count them."""
     lengths = everyone.length.cpu().numpy()
     lost = everyone.lost.cpu().numpy()
@@ -341,7 +343,7 @@ def _summarise(everyone: _Slots, ball_all: torch.Tensor, last_k: int, max_episod
     def by_age(values, bins):
         return np.stack([np.bincount(values[a][counted[a]], minlength=bins) for a in range(last_k)])
 
-    all_frames = ball_all.cpu().numpy().reshape(GRID * GRID, GRID)  # [ball cell, paddle column]
+    all_frames = position_counts.cpu().numpy().reshape(GRID * GRID, GRID)  # [ball cell, paddle column]
     ball_x = np.arange(GRID * GRID) % GRID
     offset_all = np.zeros(NUM_OFFSETS, dtype=np.int64)
     for paddle_x in range(GRID):
