@@ -1,0 +1,192 @@
+"""Environment steps per second: the `minatar` package against our `BatchedBreakout`.
+
+Why: the batched env exists to make experience cheap, so its speed is a claim we must be able to
+check. The reference is what a trainer on the original package pays per transition: one
+`minatar.Environment("breakout")` doing `act` and `state` every step (sticky actions at the
+default 0.1, reset on terminal, random actions from the minimal set {0, 1, 3} drawn in advance so
+that only the env is timed). Ours is `BatchedBreakout(N).step` with random actions generated on
+the device beforehand; one batched step counts as N env-steps.
+
+Each measurement warms up first (allocations, caches, CUDA kernels), then times a fixed number of
+steps chosen to last about `--seconds`; on CUDA the clock is read only after a synchronise. The
+reference and every N are measured in interleaved rounds, so slow spells on a shared machine hit
+all rows alike; the table reports the median over rounds (with min and max) and each row's ratio
+of medians to minatar.
+
+    python benchmarks/env_throughput.py [--device cpu|cuda|auto] [--seconds 1] [--repeats 5] [--threads N]
+                                        [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from breakout_ppo.env import MINATAR_ACTIONS, BatchedBreakout  # noqa: E402
+
+BATCH_SIZES = (1, 64, 1024, 4096, 16384)
+CUDA_ONLY_BATCH_SIZES = (65536,)
+ACTION_POOL = 64  # distinct pre-drawn action rows, cycled: enough to avoid any pattern, small in memory
+
+
+class MinatarRunner:
+    """One `minatar` env stepped like a trainer would: act, read the frame, reset on terminal."""
+
+    name = "minatar"
+    envs_per_step = 1
+
+    def __init__(self, seed=0):
+        from minatar import Environment
+
+        self.env = Environment("breakout")  # sticky_action_prob defaults to 0.1
+        self.env.seed(seed)
+        self.env.reset()
+        rng = np.random.default_rng(seed)
+        self.actions = [MINATAR_ACTIONS[i] for i in rng.integers(0, len(MINATAR_ACTIONS), 1 << 16)]
+
+    def run(self, steps):
+        env, actions, mask = self.env, self.actions, len(self.actions) - 1
+        for t in range(steps):
+            _, terminal = env.act(actions[t & mask])
+            env.state()
+            if terminal:
+                env.reset()
+
+    def sync(self):
+        pass
+
+
+class BatchedRunner:
+    """`BatchedBreakout(n).step` on pre-drawn random actions; one call is n env-steps."""
+
+    def __init__(self, n, device, seed=0):
+        self.name = f"BatchedBreakout N={n}"
+        self.envs_per_step = n
+        self.device = device
+        self.env = BatchedBreakout(n, device=device, seed=seed)
+        self.env.reset()
+        generator = torch.Generator(device).manual_seed(seed + 1)
+        self.actions = torch.randint(0, 3, (ACTION_POOL, n), generator=generator, device=device)
+
+    def run(self, steps):
+        env, actions = self.env, self.actions
+        for t in range(steps):
+            env.step(actions[t % ACTION_POOL])
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def timed(runner, steps):
+    """Seconds for `steps` calls, with any queued device work finished on both sides of the clock."""
+    runner.sync()
+    start = time.perf_counter()
+    runner.run(steps)
+    runner.sync()
+    return time.perf_counter() - start
+
+
+def calibrate(runner, seconds):
+    """Warm up, then return how many steps take about `seconds`."""
+    runner.run(3)
+    steps, elapsed = 1, 0.0
+    while elapsed < min(0.2, seconds / 2):  # doubling also serves as the warm-up
+        steps *= 2
+        elapsed = timed(runner, steps)
+    return max(1, round(steps * seconds / elapsed))
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    parser.add_argument("--seconds", type=float, default=1.0, help="length of one timed measurement")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds; the median is reported")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--json", dest="json_path", help="also write the results here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but CUDA is not available")
+
+    sizes = BATCH_SIZES + (CUDA_ONLY_BATCH_SIZES if device.type == "cuda" else ())
+    runners = [MinatarRunner()] + [BatchedRunner(n, device) for n in sizes]
+    steps = [calibrate(r, args.seconds) for r in runners]
+    rates = [[] for _ in runners]  # env-steps per second, one entry per round
+    for _ in range(args.repeats):
+        for runner, n_steps, out in zip(runners, steps, rates):
+            out.append(runner.envs_per_step * n_steps / timed(runner, n_steps))
+
+    reference = statistics.median(rates[0])
+    rows = []
+    for runner, out in zip(runners, rates):
+        median = statistics.median(out)
+        rows.append(
+            {
+                "env": runner.name,
+                "num_envs": runner.envs_per_step,
+                "steps_per_s_median": median,
+                "steps_per_s_min": min(out),
+                "steps_per_s_max": max(out),
+                "us_per_call": 1e6 * runner.envs_per_step / median,
+                "ratio_to_minatar": median / reference,
+            }
+        )
+
+    print(f"env steps/s on {device} ({device_name(device)}), torch {torch.__version__}, "
+          f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads; "
+          f"median of {args.repeats} x {args.seconds:g} s")
+    header = f"{'env':<25} {'median/s':>12} {'min/s':>12} {'max/s':>12} {'us/call':>10} {'x minatar':>10}"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(f"{row['env']:<25} {row['steps_per_s_median']:>12,.0f} {row['steps_per_s_min']:>12,.0f} "
+              f"{row['steps_per_s_max']:>12,.0f} {row['us_per_call']:>10,.1f} {row['ratio_to_minatar']:>10.1f}")
+
+    if args.json_path:
+        result = {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": str(device),
+            "device_name": device_name(device),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "seconds": args.seconds,
+            "repeats": args.repeats,
+            "rows": rows,
+        }
+        Path(args.json_path).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
