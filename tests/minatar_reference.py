@@ -232,3 +232,14 @@ def crafted_game(ball: tuple[int, int], direction: int, paddle: int = 4, bricks=
             e.brick_map[row, column] = 1
     e.strike = strike
     return game
+
+
+def minatar_start_states() -> BreakoutState:
+    """MinAtar's two start states as two slots, ball on the left wall first, read off reset games."""
+    by_column = {}
+    for seed in range(1000):
+        game = reference_game(seed)
+        by_column.setdefault(game.env.ball_x, game)
+        if len(by_column) == 2:
+            return state_from_games([by_column[column] for column in sorted(by_column)])
+    raise AssertionError(f"MinAtar started 1000 games with the ball in columns {sorted(by_column)} only")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from breakout_ppo.env import BatchedBreakout
+from breakout_ppo.env import BatchedBreakout, BreakoutState
 from minatar_reference import (
     DOWN_LEFT,
     DOWN_RIGHT,
@@ -29,6 +29,8 @@ from minatar_reference import (
     UP_RIGHT,
     crafted_game,
     landing,
+    minatar_start_states,
+    minimal_actions,
     reference_frames,
     reference_game,
     reference_step,
@@ -50,6 +52,14 @@ class LockstepReport:
     longest_episode: int = 0
     counts: Counter = field(default_factory=Counter)  # reference-side quirk events, summed
     history: list = field(default_factory=list)  # if kept: per step, per game, the set of events
+    # Sticky actions: steps whose request differed from the previous executed action (the only
+    # steps where a repeat shows), and how many of them repeated it; the same for first steps
+    # of episodes after the first (the previous action then belongs to the previous episode).
+    sticky_chances: int = 0
+    sticky_repeats: int = 0
+    sticky_chances_after_reset: int = 0
+    sticky_repeats_after_reset: int = 0
+    start_sides: Counter = field(default_factory=Counter)  # ball column of our auto-reset states
 
 
 def assert_same(ours: torch.Tensor, theirs, what: str, step: int):
@@ -68,13 +78,19 @@ def assert_same(ours: torch.Tensor, theirs, what: str, step: int):
                          f"game {game}: {entries}")
 
 
-def run_lockstep(games, choose_actions, steps: int, seed: int = 0, keep_history: bool = False) -> LockstepReport:
+def run_lockstep(games, choose_actions, steps: int, seed: int = 0, sticky_action_prob: float = 0.0,
+                 keep_history: bool = False) -> LockstepReport:
     """Step `games` (MinAtar, no sticky actions) and one `BatchedBreakout` together for `steps` steps.
 
-    `choose_actions(games, step)` returns our action indices (int (N,)) for every game.
+    `choose_actions(games, step)` returns the requested actions (our indices, int (N,)). Our env
+    plays them with `sticky_action_prob`; the MinAtar games then play the action our env reports
+    it executed, after checking that it is the request or MinAtar's own record of the previous
+    executed action.
     """
     n = len(games)
-    env = BatchedBreakout(n, sticky_action_prob=0.0, seed=seed)
+    codes = minimal_actions(games[0])
+    starts = minatar_start_states()
+    env = BatchedBreakout(n, sticky_action_prob=sticky_action_prob, seed=seed)
     env.reset()
     obs = env.set_state(state_from_games(games))
     assert_same(obs, reference_frames(games), "first frame", 0)
@@ -83,19 +99,36 @@ def run_lockstep(games, choose_actions, steps: int, seed: int = 0, keep_history:
     episode_return = torch.zeros(n)
     episode_length = torch.zeros(n, dtype=torch.int64)
     episode_refills = torch.zeros(n, dtype=torch.int64)
+    after_reset = np.zeros(n, dtype=bool)
 
     for step in range(1, steps + 1):
-        actions = np.asarray(choose_actions(games, step), dtype=np.int64)
+        requests = np.asarray(choose_actions(games, step), dtype=np.int64)
+        previous = np.array([codes.index(game.last_action) for game in games])
+
+        obs, reward, terminated, truncated, info = env.step(torch.from_numpy(requests))
+
+        executed = info.executed_action.numpy()
+        if sticky_action_prob == 0:
+            assert_same(info.executed_action, requests, "executed_action (sticky actions are off)", step)
+        else:
+            neither = (executed != requests) & (executed != previous)
+            assert not neither.any(), (f"step {step}: games {np.flatnonzero(neither)[:10]} executed neither the "
+                                       f"request nor the previous executed action")
+        chances = requests != previous
+        repeats = chances & (executed == previous)
+        report.sticky_chances += int(chances.sum())
+        report.sticky_repeats += int(repeats.sum())
+        report.sticky_chances_after_reset += int((chances & after_reset).sum())
+        report.sticky_repeats_after_reset += int((repeats & after_reset).sum())
+
         rewards, terminals = np.zeros(n, dtype=np.float32), np.zeros(n, dtype=bool)
         events = {name: np.zeros(n, dtype=bool) for name in EVENT_NAMES}
         for i, game in enumerate(games):
-            rewards[i], terminals[i], happened = reference_step(game, int(actions[i]))
+            rewards[i], terminals[i], happened = reference_step(game, int(executed[i]))
             for name, value in happened.items():
                 events[name][i] = value
         final_frames = reference_frames(games)
         final_state = state_from_games(games)
-
-        obs, reward, terminated, truncated, info = env.step(torch.from_numpy(actions))
 
         # The frame and the full state each game reached, before any reset.
         assert_same(info.final_obs, final_frames, "final_obs", step)
@@ -105,7 +138,6 @@ def run_lockstep(games, choose_actions, steps: int, seed: int = 0, keep_history:
         assert_same(terminated, terminals, "terminated", step)
         assert not truncated.any(), "no step cap was set, yet an episode was truncated"
         assert_same(info.done, terminals, "done", step)
-        assert_same(info.executed_action, actions, "executed_action (sticky actions are off)", step)
         for name in OUR_EVENT_NAMES:
             assert_same(getattr(info.events, name), events[name], f"events.{name}", step)
         # Games that go on: the in-place observation buffer holds their next frame.
@@ -128,12 +160,23 @@ def run_lockstep(games, choose_actions, steps: int, seed: int = 0, keep_history:
         if keep_history:
             report.history.append([{name for name in EVENT_NAMES if events[name][i]} for i in range(n)])
         episode_return[done], episode_length[done], episode_refills[done] = 0.0, 0, 0
+        after_reset = terminals
 
-        # Episodes that ended restart from MinAtar's reset state, copied into our slot.
         if terminals.any():
-            state = env.get_state()
-            for i in np.flatnonzero(terminals):
+            ended = np.flatnonzero(terminals)
+            for i in ended:
                 games[i].reset()
+            # Our auto-reset: one of MinAtar's two start states (its own side), keeping the sticky
+            # action like MinAtar's reset does.
+            state = env.get_state()
+            left_or_right = (state.ball_x[ended] == starts.ball_x[1]).long()
+            report.start_sides.update(state.ball_x[ended].tolist())
+            for name, ours, start in zip(BreakoutState._fields[:-1], state[:-1], starts[:-1]):
+                assert_same(ours[ended], start[left_or_right], f"auto-reset state.{name}", step)
+            assert_same(state.last_action[ended], [codes.index(games[i].last_action) for i in ended],
+                        "last_action after auto-reset", step)
+            # Then MinAtar's reset state (its side) is copied into our slot.
+            for i in ended:
                 write_slot(state, int(i), games[i])
             env.set_state(state)
             assert_same(env.observe(), reference_frames(games), "frame after set_state", step)
@@ -222,6 +265,7 @@ def test_random_play_matches_minatar():
     report = run_lockstep(fresh_games(128, seed=1), random_actions(seed=1), steps=250, seed=1)
     # Random play loses the ball within a few bounces: many short episodes, both bounce kinds.
     assert report.episodes >= 1000, report
+    assert len(report.start_sides) == 2, f"our auto-reset used one start side only: {report.start_sides}"
     for event in ("brick_broken", "same_column_bounce", "adjacent_column_bounce", "side_wall"):
         assert report.counts[event] >= 100, report
 
@@ -243,6 +287,73 @@ def test_survivor_play_matches_minatar_through_refills():
     # Episodes end too (the survivor gives up now and then), some right on a refill.
     assert report.episodes >= 50 and report.counts["refill_and_lost"] >= 1, report
     assert report.longest_episode >= 600, report
+
+
+# ---------------------------------------------------------------------------------------------
+# Sticky actions
+
+
+def requests_other_than_the_previous_action(seed: int):
+    """Requests that always differ from the previous executed action (MinAtar's own record of it,
+    `Environment.last_action`): then every step shows whether the sticky draw fired."""
+    rng = np.random.default_rng(seed)
+
+    def choose(games, step):
+        codes = minimal_actions(games[0])
+        previous = np.array([codes.index(game.last_action) for game in games])
+        return (previous + rng.integers(1, 3, len(games))) % 3
+
+    return choose
+
+
+def five_sigma(p: float, samples: int) -> float:
+    """Five binomial standard errors of a frequency estimated from `samples` draws."""
+    return 5 * (p * (1 - p) / samples) ** 0.5
+
+
+def test_sticky_actions_repeat_the_previous_executed_action_with_probability_p():
+    p = 0.1
+    report = run_lockstep(fresh_games(256, seed=4), requests_other_than_the_previous_action(seed=4), steps=200,
+                          seed=4, sticky_action_prob=p)
+    # Every step was a chance (the request always differed); the runner checked each executed
+    # action against the request and MinAtar's previous action, and played it on MinAtar.
+    assert report.sticky_chances == report.transitions == 256 * 200
+    frequency = report.sticky_repeats / report.sticky_chances
+    assert abs(frequency - p) <= five_sigma(p, report.sticky_chances), (frequency, report.sticky_chances)
+    # The first step of an episode repeats the previous episode's last action just as often:
+    # MinAtar's reset keeps `last_action`, and so does our auto-reset.
+    assert report.sticky_chances_after_reset >= 2000, report.sticky_chances_after_reset
+    frequency = report.sticky_repeats_after_reset / report.sticky_chances_after_reset
+    assert abs(frequency - p) <= five_sigma(p, report.sticky_chances_after_reset), (
+        frequency, report.sticky_chances_after_reset)
+
+
+def test_minatar_sticky_semantics_that_the_tests_assume():
+    # The runner's model of MinAtar's sticky actions, checked on MinAtar's own `Environment` with
+    # a seeded generator: the executed action (`last_action` after `act`, and the paddle's move)
+    # is the request or the previous executed action, the latter with probability p; `reset`
+    # keeps `last_action`.
+    p, steps = 0.1, 20_000
+    game = reference_game(seed=5, sticky_action_prob=p)
+    codes = minimal_actions(game)
+    move = {codes[NOOP]: 0, codes[LEFT]: -1, codes[RIGHT]: 1}
+    rng = np.random.default_rng(5)
+    repeats = resets_seen = 0
+    for _ in range(steps):
+        previous = game.last_action
+        request = rng.choice([code for code in codes if code != previous])
+        paddle = game.env.pos
+        _, terminal = game.act(request)
+        executed = game.last_action
+        assert executed in (request, previous)
+        assert game.env.pos == min(max(paddle + move[executed], 0), 9), "the paddle did not play the executed action"
+        repeats += executed == previous
+        if terminal:
+            game.reset()
+            assert game.last_action == executed, "MinAtar's reset changed last_action"
+            resets_seen += 1
+    assert resets_seen >= 100
+    assert abs(repeats / steps - p) <= five_sigma(p, steps), repeats / steps
 
 
 # ---------------------------------------------------------------------------------------------
