@@ -74,8 +74,9 @@ def _resolve_action(model, frames: torch.Tensor, target: str, action) -> torch.T
 
 
 def _given_action(action, n: int, device) -> torch.Tensor:
+    """(N,) int64, always a fresh copy: an inference-mode index cannot be saved for backward."""
     action = torch.as_tensor(action, device=device).long()
-    return action.expand(n).clone() if action.dim() == 0 else action.reshape(n)
+    return action.expand(n).clone() if action.dim() == 0 else action.reshape(n).clone()
 
 
 def _target_output(model, x: torch.Tensor, target: str, action: torch.Tensor | None) -> torch.Tensor:

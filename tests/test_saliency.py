@@ -112,8 +112,11 @@ def test_inference_tensors_work_even_inside_inference_mode():
     with torch.inference_mode():
         inside = gradient_saliency(m, x)
         ig_inside = integrated_gradients(m, x, steps=8)
+        chosen = m(x)[0].argmax(1)  # actions from the rollout are inference tensors too
     outside = gradient_saliency(m, x.clone())
     torch.testing.assert_close(inside, outside)
+    torch.testing.assert_close(gradient_saliency(m, x, action=chosen), outside)
+    torch.testing.assert_close(smoothgrad(m, x, action=chosen, samples=2), smoothgrad(m, x.clone(), samples=2))
     torch.testing.assert_close(ig_inside, integrated_gradients(m, x, steps=8))
     assert not inside.is_inference()
     assert outside.abs().sum() > 0
