@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
+import pytest
 import torch
 
 from breakout_ppo.env import BatchedBreakout, BreakoutState
@@ -64,6 +65,7 @@ class LockstepReport:
 
 def assert_same(ours: torch.Tensor, theirs, what: str, step: int):
     """Exact equality, with the first few mismatching games named in the message."""
+    ours = ours.cpu()
     theirs = torch.as_tensor(theirs).to(ours.dtype)
     if torch.equal(ours, theirs):
         return
@@ -79,7 +81,7 @@ def assert_same(ours: torch.Tensor, theirs, what: str, step: int):
 
 
 def run_lockstep(games, choose_actions, steps: int, seed: int = 0, sticky_action_prob: float = 0.0,
-                 keep_history: bool = False) -> LockstepReport:
+                 keep_history: bool = False, device="cpu") -> LockstepReport:
     """Step `games` (MinAtar, no sticky actions) and one `BatchedBreakout` together for `steps` steps.
 
     `choose_actions(games, step)` returns the requested actions (our indices, int (N,)). Our env
@@ -90,7 +92,7 @@ def run_lockstep(games, choose_actions, steps: int, seed: int = 0, sticky_action
     n = len(games)
     codes = minimal_actions(games[0])
     starts = minatar_start_states()
-    env = BatchedBreakout(n, sticky_action_prob=sticky_action_prob, seed=seed)
+    env = BatchedBreakout(n, device=device, sticky_action_prob=sticky_action_prob, seed=seed)
     env.reset()
     obs = env.set_state(state_from_games(games))
     assert_same(obs, reference_frames(games), "first frame", 0)
@@ -106,8 +108,8 @@ def run_lockstep(games, choose_actions, steps: int, seed: int = 0, sticky_action
         previous = np.array([codes.index(game.last_action) for game in games])
 
         obs, reward, terminated, truncated, info = env.step(torch.from_numpy(requests))
-
-        executed = info.executed_action.numpy()
+        obs = obs.cpu()  # a copy, taken before set_state below redraws the buffer
+        executed = info.executed_action.cpu().numpy()
         if sticky_action_prob == 0:
             assert_same(info.executed_action, requests, "executed_action (sticky actions are off)", step)
         else:
@@ -149,9 +151,9 @@ def run_lockstep(games, choose_actions, steps: int, seed: int = 0, sticky_action
         episode_length += 1
         episode_refills += torch.from_numpy(events["refill"])
         done = torch.from_numpy(terminals)
-        assert_same(info.episode_return[done], episode_return[done], "episode_return", step)
-        assert_same(info.episode_length[done], episode_length[done], "episode_length", step)
-        assert_same(info.episode_refills[done], episode_refills[done], "episode_refills", step)
+        assert_same(info.episode_return.cpu()[done], episode_return[done], "episode_return", step)
+        assert_same(info.episode_length.cpu()[done], episode_length[done], "episode_length", step)
+        assert_same(info.episode_refills.cpu()[done], episode_refills[done], "episode_refills", step)
 
         report.transitions += n
         report.episodes += int(terminals.sum())
@@ -168,7 +170,7 @@ def run_lockstep(games, choose_actions, steps: int, seed: int = 0, sticky_action
                 games[i].reset()
             # Our auto-reset: one of MinAtar's two start states (its own side), keeping the sticky
             # action like MinAtar's reset does.
-            state = env.get_state()
+            state = env.get_state().to("cpu")
             left_or_right = (state.ball_x[ended] == starts.ball_x[1]).long()
             report.start_sides.update(state.ball_x[ended].tolist())
             for name, ours, start in zip(BreakoutState._fields[:-1], state[:-1], starts[:-1]):
@@ -479,3 +481,18 @@ def test_strike_pass_through_keeps_the_brick_and_moves_the_ball_into_it():
     minatar_reward, _, _ = reference_step(game, NOOP)
     assert minatar_reward == 0
     assert torch.equal(obs, reference_frames([game]))
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_play_on_cuda_matches_minatar():
+    report = run_lockstep(fresh_games(128, seed=6), Survivor(seed=6, give_up=1 / 10), steps=300, seed=6,
+                          device="cuda")
+    assert report.episodes >= 50 and report.counts["adjacent_column_bounce"] >= 100, report
+    sticky = run_lockstep(fresh_games(128, seed=7), requests_other_than_the_previous_action(seed=7), steps=100,
+                          seed=7, sticky_action_prob=0.1, device="cuda")
+    assert sticky.sticky_repeats > 0, sticky
