@@ -194,5 +194,43 @@ def evaluate(checkpoint, episodes, backend, setting, seed, json_path, device):
                                          "seed": seed, **results}, indent=2) + "\n")
 
 
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--episodes", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Episodes for the failure heatmap, one per env slot.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the files go (default: inspect/ beside the checkpoint).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the replayed episodes.")
+@click.option("--max-video-steps", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Longest episode prefix put in the video.")
+@click.option("--tensorboard/--no-tensorboard", default=True, show_default=True,
+              help="Also log everything under inspect/ in the checkpoint's run directory.")
+@device_option
+def inspect(checkpoint, episodes, out_dir, seed, max_video_steps, tensorboard, device):
+    """Replay an agent: video, saliency, traces, failure heatmap, into files and TensorBoard."""
+    from breakout_ppo.checkpoint import CheckpointError, load_checkpoint
+
+    device = resolve_device(device)
+    try:
+        load_checkpoint(checkpoint)
+    except CheckpointError as error:
+        raise click.ClickException(str(error)) from None
+    from instruments.inspect import inspect_agent
+
+    out_dir = out_dir or checkpoint.parent / "inspect"
+    result = inspect_agent(checkpoint, out_dir, episodes=episodes, device=device, seed=seed,
+                           max_video_steps=max_video_steps,
+                           tensorboard_dir=checkpoint.parent if tensorboard else None)
+    h = result.heatmap_summary
+    click.echo(f"replayed episode: return {result.episode_return:g} in {result.episode_length} steps")
+    click.echo(f"failure heatmap: {h['episodes']} episodes, mean return {h['mean_return']:.2f}, "
+               f"{h['losses']} lost the ball, {h['truncated']} reached the step cap")
+    click.echo(f"files in {result.out_dir}:")
+    for name, path in result.files.items():
+        click.echo(f"  {name:14} {Path(path).name}")
+    if result.tensorboard_dir:
+        click.echo(f"TensorBoard: tensorboard --logdir {result.tensorboard_dir} (tags inspect/...)")
+
+
 if __name__ == "__main__":
     cli()

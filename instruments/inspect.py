@@ -1,0 +1,181 @@
+"""`python cli.py inspect ckpt.pt`: replay an agent and write every instrument for it.
+
+One function, `inspect_agent`, in the order a researcher reads the results:
+    1. one episode replayed step by step -> rollout video, contact sheet, value and policy traces
+    2. gradient saliency of the chosen action and of the value -> per-frame maps and their mean
+    3. the failure heatmap over many episodes -> where the ball and paddle were before each loss
+    4. all of it into the run's TensorBoard directory under `inspect/`, and a summary
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from breakout_ppo.checkpoint import load_agent, load_checkpoint
+from breakout_ppo.env import ACTION_NAMES
+from instruments.heatmap import failure_heatmap, policy_from_model, save_heatmap_png
+from instruments.saliency import gradient_saliency, reduce_channels
+from instruments.traces import Trace, record_episode
+from instruments.video import contact_sheet, iter_frames, write_contact_sheet, write_video
+
+
+@dataclass
+class Inspection:
+    out_dir: Path
+    files: dict
+    episode_return: float
+    episode_length: int
+    heatmap_summary: dict
+    tensorboard_dir: Path | None
+
+
+def write_trace_files(trace: Trace, out_dir: Path) -> tuple[Path, Path]:
+    """The per-step record as CSV (one row a step) and JSON (with the saliency maps)."""
+    csv_path, json_path = out_dir / "trace.csv", out_dir / "trace.json"
+    returns = trace.returns_so_far
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "action", *[f"p_{name}" for name in ACTION_NAMES], "value", "reward", "return"])
+        for t in range(len(trace)):
+            writer.writerow([t, ACTION_NAMES[int(trace.actions[t])], *(f"{p:.5f}" for p in trace.probs[t]),
+                             f"{trace.values[t]:.5f}", f"{trace.rewards[t]:g}", f"{returns[t]:g}"])
+    record = {
+        "actions": trace.actions.tolist(),
+        "action_names": list(ACTION_NAMES),
+        "probs": np.round(trace.probs, 5).tolist(),
+        "values": np.round(trace.values, 5).tolist(),
+        "rewards": trace.rewards.tolist(),
+        "saliency": None if trace.saliency is None else np.round(trace.saliency, 6).tolist(),
+    }
+    json_path.write_text(json.dumps(record))
+    return csv_path, json_path
+
+
+def plot_traces(trace: Trace, path: Path) -> Path:
+    """Value estimate and action probabilities over the episode, rewards marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.arange(len(trace))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 5), dpi=110, sharex=True,
+                                      gridspec_kw={"height_ratios": [1.2, 1]})
+    top.plot(steps, trace.values, color="#3b8bd9", lw=1.2, label="value estimate V(s)")
+    rewarded = np.flatnonzero(trace.rewards > 0)
+    top.scatter(rewarded, trace.values[rewarded], color="#2ca02c", s=12, zorder=3, label="brick broken (+1)")
+    top.set_ylabel("V(s)")
+    top.grid(alpha=0.3)
+    top.legend(loc="upper right", fontsize=8)
+    top.set_title(f"One episode: return {trace.rewards.sum():g} in {len(trace)} steps")
+    colours = ["#9e9e9e", "#e4572e", "#17becf"]
+    bottom.stackplot(steps, trace.probs.T, labels=[f"P({name})" for name in ACTION_NAMES], colors=colours,
+                     alpha=0.85)
+    bottom.set_ylim(0, 1)
+    bottom.set_ylabel("action probability")
+    bottom.set_xlabel("step")
+    bottom.legend(loc="upper right", fontsize=8, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_mean_saliency(action_map: np.ndarray, value_map: np.ndarray, frames: int, path: Path) -> Path:
+    """Mean |gradient| per cell, of the chosen action's logit and of the value, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), dpi=110)
+    for ax, data, title in ((axes[0], action_map, "chosen action's logit"), (axes[1], value_map, "value V(s)")):
+        image = ax.imshow(data, cmap="Blues", vmin=0)
+        ax.set_title(f"Mean saliency of the {title}")
+        ax.set_xticks(range(10))
+        ax.set_yticks(range(10))
+        ax.set_yticklabels([f"{r}" + (" brick" if 1 <= r <= 3 else " paddle" if r == 9 else "") for r in range(10)],
+                           fontsize=7)
+        ax.set_xlabel("column")
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="mean max|d output / d cell|")
+    fig.suptitle(f"Where the agent looks: gradient saliency averaged over {frames} frames", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def inspect_agent(checkpoint, out_dir, episodes: int = 1000, device="cpu", seed: int = 0,
+                  max_video_steps: int = 2000, tensorboard_dir=None) -> Inspection:
+    """Replay the agent in `checkpoint` and write the instruments to `out_dir` (and TensorBoard)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, config = load_agent(checkpoint, device=device)
+    global_step = int(load_checkpoint(checkpoint).get("global_step", 0))
+    files = {}
+
+    # 1. One episode, step by step.
+    trace = record_episode(model, seed=seed, max_steps=max_video_steps, saliency=True,
+                           sticky_action_prob=config.sticky_action_prob, device=device)
+    files["video"] = write_video(trace, out_dir / "rollout.mp4")
+    files["contact_sheet"] = write_contact_sheet(trace, out_dir / "contact_sheet.png")
+    files["trace_csv"], files["trace_json"] = write_trace_files(trace, out_dir)
+    files["traces_plot"] = plot_traces(trace, out_dir / "traces.png")
+
+    # 2. Saliency: per frame (already in the trace) and averaged, for the action and the value.
+    frames = torch.from_numpy(trace.frames).to(device)
+    action_maps = trace.saliency
+    value_maps = reduce_channels(gradient_saliency(model, frames, target="value")).cpu().numpy()
+    np.savez_compressed(out_dir / "saliency.npz", action=action_maps, value=value_maps)
+    files["saliency"] = out_dir / "saliency.npz"
+    files["saliency_plot"] = plot_mean_saliency(action_maps.mean(axis=0), value_maps.mean(axis=0), len(trace),
+                                                out_dir / "saliency_mean.png")
+
+    # 3. Failure heatmap over many episodes, one per env slot.
+    heatmap = failure_heatmap(policy_from_model(model, seed=seed), episodes=episodes,
+                              sticky_action_prob=config.sticky_action_prob, seed=seed, device=device)
+    files["heatmap"] = save_heatmap_png(heatmap, out_dir / "failure_heatmap.png")
+    summary = {
+        "checkpoint": str(checkpoint),
+        "global_step": global_step,
+        "episode": {"return": float(trace.rewards.sum()), "length": len(trace)},
+        "heatmap": heatmap.summary(),
+        "files": {k: str(v) for k, v in files.items()},
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    files["summary"] = out_dir / "summary.json"
+
+    # 4. The same into TensorBoard, beside the run's training curves.
+    if tensorboard_dir is not None:
+        _log_to_tensorboard(Path(tensorboard_dir), global_step, trace, files, heatmap)
+    return Inspection(out_dir, files, float(trace.rewards.sum()), len(trace), heatmap.summary(),
+                      Path(tensorboard_dir) if tensorboard_dir else None)
+
+
+def _log_to_tensorboard(log_dir: Path, step: int, trace: Trace, files: dict, heatmap) -> None:
+    import cv2
+
+    from instruments.tensorboard import TensorBoardSink
+
+    def png(path):
+        return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+    with TensorBoardSink(log_dir) as sink:
+        sink.scalar("inspect/episode_return", float(trace.rewards.sum()), step)
+        sink.scalar("inspect/heatmap_mean_return", heatmap.mean_return, step)
+        sink.scalar("inspect/heatmap_loss_fraction", heatmap.losses / max(1, heatmap.episodes), step)
+        for tag in ("heatmap", "contact_sheet", "saliency_plot", "traces_plot"):
+            sink.image(f"inspect/{tag}", png(files[tag]), step)
+        sink.video("inspect/rollout", iter_frames(trace), step)
+        sink.histogram("inspect/value", trace.values, step)
+        sink.histogram("inspect/action_saliency", trace.saliency, step)
+        sink.text("inspect/summary", "\n".join(f"- **{k}**: {v}" for k, v in heatmap.summary().items()), step)
+
+
+__all__ = ["inspect_agent", "Inspection", "contact_sheet"]

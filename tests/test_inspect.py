@@ -1,0 +1,46 @@
+"""`cli.py inspect` end to end on a briefly trained agent: files, a decodable video, TensorBoard tags."""
+
+import json
+
+import av
+import pytest
+from click.testing import CliRunner
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import cli
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("runs")
+    result = CliRunner().invoke(cli.cli, ["train", "--preset", "smoke", "--run-name", "r", "--logdir", str(logdir)])
+    assert result.exit_code == 0, result.output
+    return logdir / "r" / "checkpoint.pt"
+
+
+def test_inspect_writes_every_instrument_and_logs_them(checkpoint, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli.cli, ["inspect", str(checkpoint), "--episodes", "24", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["heatmap"]["episodes"] == 24
+    for name in ("rollout.mp4", "contact_sheet.png", "trace.csv", "trace.json", "traces.png", "saliency.npz",
+                 "saliency_mean.png", "failure_heatmap.png"):
+        assert (out / name).stat().st_size > 0, name
+
+    steps = summary["episode"]["length"]
+    assert len((out / "trace.csv").read_text().strip().splitlines()) == steps + 1  # header + one row a step
+    with av.open(str(out / "rollout.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == steps
+
+    events = EventAccumulator(str(checkpoint.parent), size_guidance={"images": 0, "histograms": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"inspect/heatmap", "inspect/contact_sheet", "inspect/saliency_plot", "inspect/traces_plot",
+            "inspect/rollout"} <= set(tags["images"])
+    assert "inspect/episode_return" in tags["scalars"] and "inspect/value" in tags["histograms"]
+
+
+def test_inspect_a_missing_checkpoint_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(cli.cli, ["inspect", str(tmp_path / "missing.pt")])
+    assert result.exit_code != 0 and "checkpoint not found" in result.output
