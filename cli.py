@@ -82,11 +82,13 @@ def cli():
               show_default=True, help="Parent directory of runs (TensorBoard's --logdir).")
 @click.option("--resume", type=click.Path(path_type=Path), default=None,
               help="Continue from this checkpoint (same flags as the original run).")
+@click.option("--instrument-every", type=click.IntRange(min=1), default=None, metavar="K",
+              help="Every K updates, log the instrument panel (video, saliency, heatmap, histograms).")
 @click.option("--snapshot-at", default="", metavar="SECONDS,...",
               help="Benchmarks: also save snapshot-<t>s.pt, the last model before t seconds after start-up.")
 @device_option
 @config_options
-def train(preset_name, run_name, logdir, resume, snapshot_at, device, **overrides):
+def train(preset_name, run_name, logdir, resume, instrument_every, snapshot_at, device, **overrides):
     """Train PPO and log to TensorBoard under runs/<run-name>/."""
     from breakout_ppo.checkpoint import CheckpointError
     from breakout_ppo.train import TrainingError, train as run_training
@@ -105,11 +107,16 @@ def train(preset_name, run_name, logdir, resume, snapshot_at, device, **override
     if run_name is None:
         run_name = resume.parent.name if resume else datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = logdir / run_name
+    panel = None
+    if instrument_every:
+        from instruments.panel import TrainingPanel
+
+        panel = TrainingPanel(run_dir, instrument_every, sticky_action_prob=config.sticky_action_prob, device=device)
     bar = ProgressLine(config.total_steps)
     click.echo(f"training on {device}: {config.total_steps:,} steps, run {run_dir}", err=True)
     try:
         result = run_training(config, run_dir, device=device, resume=resume, progress=bar.update,
-                              snapshot_seconds=snapshot_seconds)
+                              snapshot_seconds=snapshot_seconds, instrument=panel)
     except (CheckpointError, TrainingError) as error:
         bar.finish()
         raise click.ClickException(str(error)) from None
@@ -117,6 +124,9 @@ def train(preset_name, run_name, logdir, resume, snapshot_at, device, **override
         bar.finish()
         click.echo("interrupted at once: the last periodic checkpoint in the run directory stands", err=True)
         sys.exit(130)
+    finally:
+        if panel is not None:
+            panel.close()
     bar.finish()
     if result.interrupted:
         click.echo(f"interrupted: checkpoint saved to {result.last_checkpoint}", err=True)

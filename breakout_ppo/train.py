@@ -119,12 +119,15 @@ class _StopOnSigint:
         return False
 
 
-def train(config: Config, run_dir, device="cpu", resume=None, progress=None, snapshot_seconds=()) -> TrainResult:
+def train(config: Config, run_dir, device="cpu", resume=None, progress=None, snapshot_seconds=(),
+          instrument=None) -> TrainResult:
     """Train PPO from scratch (or from the checkpoint `resume`) and write the run to `run_dir`.
 
     `progress(global_step, sps, recent_return)` is called after each update, for a progress bar.
     `snapshot_seconds`: for time-to-score benchmarks, save `snapshot-<t>s.pt` holding the last
     model that existed before `t` seconds after process start.
+    `instrument(updates_done, model, global_step)`, if given, is called after each update (the
+    CLI passes the instrument panel here; training itself never imports `instruments`).
     """
     device = torch.device(device)
     config.validate()
@@ -204,6 +207,8 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, sna
                     previous = (elapsed, global_step, copy.deepcopy(model.state_dict()))
 
                 done = update + 1
+                if instrument is not None:
+                    instrument(done, model, global_step)
                 if stop.requested or done % config.checkpoint_every == 0 or done == config.num_updates:
                     last_checkpoint = save(done)
                 if stop.requested:

@@ -44,3 +44,27 @@ def test_inspect_writes_every_instrument_and_logs_them(checkpoint, tmp_path):
 def test_inspect_a_missing_checkpoint_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(cli.cli, ["inspect", str(tmp_path / "missing.pt")])
     assert result.exit_code != 0 and "checkpoint not found" in result.output
+
+
+def test_instrument_every_logs_the_panel_and_does_not_change_training(tmp_path):
+    import torch
+
+    from breakout_ppo.checkpoint import load_checkpoint
+
+    base = ["train", "--preset", "smoke", "--logdir", str(tmp_path)]
+    assert CliRunner().invoke(cli.cli, [*base, "--run-name", "plain"]).exit_code == 0
+    result = CliRunner().invoke(cli.cli, [*base, "--run-name", "watched", "--instrument-every", "2"])
+    assert result.exit_code == 0, result.output
+
+    events = EventAccumulator(str(tmp_path / "watched"), size_guidance={"images": 0, "histograms": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"panel/rollout", "panel/saliency", "panel/failure_heatmap"} <= set(tags["images"])
+    histograms = tags["histograms"]
+    for prefix in ("weights/", "gradients/", "activations/"):
+        assert any(tag.startswith(prefix) for tag in histograms), prefix
+    assert len(events.Images("panel/saliency")) == 2  # updates 2 and 4 of 4
+
+    plain = load_checkpoint(tmp_path / "plain" / "checkpoint.pt", resumable=True)["model"]
+    watched = load_checkpoint(tmp_path / "watched" / "checkpoint.pt", resumable=True)["model"]
+    assert all(torch.equal(plain[name], watched[name]) for name in plain)
