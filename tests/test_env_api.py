@@ -203,6 +203,8 @@ def test_truncation_and_info_against_a_tally_and_minatar():
             reward_there, terminal_there, _ = reference_step(scratch, int(info.executed_action[slot]))
             assert torch.equal(info.final_obs[slot], torch.from_numpy(reference_frame(scratch)))
             assert (reward_there, terminal_there) == (reward[slot].item(), terminated[slot].item())
+            for name, ours, theirs in zip(BreakoutState._fields, info.final_state, state_from_games([scratch])):
+                assert ours[slot] == theirs[0], f"final_state.{name}"
         # Games that ended restarted: MinAtar's start state (sticky action kept), drawn in obs.
         slots = done.nonzero().flatten()
         assert_start_states(env.get_state(), slots, info.executed_action[slots])

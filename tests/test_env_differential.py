@@ -230,6 +230,8 @@ class Survivor:
     ball now and then (probability `give_up` per ball, then plays at random), so that long
     episodes end too, some after a refill."""
 
+    NEVER = 10**9  # steps until the ball comes down, if the look-ahead does not see it come down
+
     def __init__(self, seed: int, give_up: float = 0.0):
         self.rng = np.random.default_rng(seed)
         self.give_up = give_up
@@ -240,10 +242,10 @@ class Survivor:
 
     def choose(self, i, game):
         plan = self.plans.get(i)
-        if plan is None or plan[0] == 0:
-            plan = self.plans[i] = list(landing(game) or (10**9, set()))
+        if plan is None or plan[0] == 0:  # a new ball to catch (or the first)
+            plan = self.plans[i] = list(landing(game) or (self.NEVER, set()))
             if self.rng.random() < self.give_up:
-                plan[1] = set()
+                plan[1] = set()  # no column to aim for: play at random until it comes down
         steps_left, columns = plan
         paddle = game.env.pos
         keeps_alive = [
