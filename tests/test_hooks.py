@@ -232,3 +232,18 @@ def test_inference_mode_forward_records_activations_without_gradient_hooks():
             logits, value = model(x)
     torch.testing.assert_close(taps.activations["actor.head"], logits)
     assert taps.grad_stats["actor.head"].calls == 0
+
+
+def test_running_moments_are_stable_far_from_zero():
+    """Units with a large mean and a small spread: the variance must not cancel away."""
+    from instruments.hooks import RunningMoments
+
+    g = torch.Generator().manual_seed(0)
+    batches = [1e4 + 0.01 * torch.randn(n, 5, generator=g) for n in (1, 300, 77, 1000)]
+    stats = RunningMoments()
+    for b in batches:
+        stats.update(b)
+    everything = torch.cat(batches).double()
+    torch.testing.assert_close(stats.mean.double(), everything.mean(0), rtol=1e-7, atol=0)
+    torch.testing.assert_close(stats.var.double(), everything.var(0, unbiased=False), rtol=2e-2, atol=0)
+    assert stats.count == 1378 and (stats.fraction_positive == 1).all()
