@@ -21,6 +21,7 @@ from MinAtar's 10x10 `brick_map`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
@@ -115,6 +116,33 @@ def initial_state(start_right: torch.Tensor, last_action: torch.Tensor) -> Break
     )
 
 
+class _RuleTables(NamedTuple):
+    """Small lookup tables that step_game indexes (one copy per device, built on first use)."""
+
+    paddle_move: torch.Tensor  # action -> paddle column change: no-op 0, left -1, right +1
+    step_x: torch.Tensor  # ball direction code -> column change (see the module docstring)
+    step_y: torch.Tensor  # ball direction code -> row change
+    brick_bit: torch.Tensor  # cell 10 * row + column -> its bit in `bricks`, 0 outside rows 1-3
+
+
+@functools.lru_cache(maxsize=None)
+def _rule_tables(device: torch.device) -> _RuleTables:
+    def table(values):
+        return torch.tensor(values, dtype=torch.int64, device=device)
+
+    # Rows 0-10: a ball already lost in row 9 (a terminal state, which MinAtar never steps) would
+    # move on to row 10, where there are no bricks either.
+    brick_bit = [0] * ((GRID + 1) * GRID)
+    for bit in range(NUM_BRICK_CELLS):
+        brick_bit[FIRST_BRICK_ROW * GRID + bit] = 1 << bit
+    return _RuleTables(
+        paddle_move=table([0, -1, 1]),
+        step_x=table([-1, 1, 1, -1]),
+        step_y=table([-1, -1, 1, 1]),
+        brick_bit=table(brick_bit),
+    )
+
+
 def step_game(state: BreakoutState, action: torch.Tensor):
     """One MinAtar Breakout step for every game: no sticky actions, no reset.
 
@@ -124,48 +152,49 @@ def step_game(state: BreakoutState, action: torch.Tensor):
     The rules are MinAtar's if/elif chain; each `elif` below holds only where no earlier rule did.
     """
     ball_x, ball_y, ball_dir, _, _, paddle_x, bricks, strike, _ = state
+    rules = _rule_tables(ball_x.device)
 
     # The paddle moves first, so the bounce test below sees where it is *after* the move.
-    paddle_x = (paddle_x - (action == LEFT).long() + (action == RIGHT).long()).clamp(0, GRID - 1)
+    paddle_x = (paddle_x + rules.paddle_move.index_select(0, action)).clamp_(0, GRID - 1)
 
     # The ball moves one cell diagonally.
-    moving_right = (ball_dir == 1) | (ball_dir == 2)
-    moving_down = ball_dir >= 2
-    new_x = ball_x + torch.where(moving_right, 1, -1)
-    new_y = ball_y + torch.where(moving_down, 1, -1)
+    new_x = ball_x + rules.step_x.index_select(0, ball_dir)
+    new_y = ball_y + rules.step_y.index_select(0, ball_dir)
 
-    # Side walls: stay in the grid, mirror left/right. Not part of the chain: the rules below
-    # still apply in the same step (a corner bounce mirrors both ways).
-    hit_side = (new_x < 0) | (new_x >= GRID)
-    new_x = new_x.clamp(0, GRID - 1)
-    ball_dir = torch.where(hit_side, ball_dir ^ 1, ball_dir)
+    # Side walls: stay in the grid, mirror left/right (`dir ^ 1`). Not part of the chain: the
+    # rules below still apply in the same step (a corner bounce mirrors both ways).
+    inside_x = new_x.clamp(0, GRID - 1)
+    hit_side = inside_x != new_x
+    new_x = inside_x
+    ball_dir = ball_dir ^ hit_side
 
     # if: the top wall.
     hit_top = new_y < 0
-    new_y = new_y.clamp(min=0)
-    target_cell = new_y * GRID + new_x
+    new_y = new_y.clamp_(min=0)
+    target_cell = torch.add(new_x, new_y, alpha=GRID)
 
-    # elif: a brick where the ball lands. Without `strike` it breaks, pays 1 and the ball
-    # bounces back to its old row; with `strike` (set because the previous step also entered a
-    # brick) the ball passes into the brick, which stays, and pays nothing.
-    brick_bit = target_cell - FIRST_BRICK_ROW * GRID
-    in_brick_rows = (brick_bit >= 0) & (brick_bit < NUM_BRICK_CELLS)
-    brick_bit = brick_bit.clamp(0, NUM_BRICK_CELLS - 1)
-    brick_ahead = in_brick_rows & ((bricks >> brick_bit) & 1).bool()  # never true with hit_top
+    # elif: a brick where the ball lands (never with hit_top: row 0 holds no bricks). Without
+    # `strike` it breaks, pays 1 and the ball bounces back to its old row; with `strike` (set
+    # because the previous step also entered a brick) the ball passes into the brick, which
+    # stays, and pays nothing.
+    brick = rules.brick_bit.index_select(0, target_cell)
+    brick_ahead = (bricks & brick) != 0
     breaks = brick_ahead & ~strike
     strike_pass = brick_ahead & strike
-    bricks = torch.where(breaks, bricks & ~(1 << brick_bit), bricks)
+    bricks = torch.where(breaks, bricks ^ brick, bricks)
 
-    # elif: the bottom row. An empty wall refills first; then the paddle bounces the ball if it
-    # is under the ball's *old* column (straight back up) or under its new one (reversed), else
-    # the ball is lost.
-    at_bottom = (new_y == PADDLE_ROW) & ~brick_ahead
+    # elif: the bottom row (no brick can be in the way there). An empty wall refills first; then
+    # the paddle bounces the ball if it is under the ball's *old* column (straight back up) or
+    # under its new one (reversed), else the ball is lost.
+    at_bottom = new_y == PADDLE_ROW
     refill = at_bottom & (bricks == 0)
     bricks = torch.where(refill, ALL_BRICKS, bricks)
     same_column = at_bottom & (ball_x == paddle_x)
     adjacent_column = at_bottom & ~same_column & (new_x == paddle_x)
-    terminated = at_bottom & ~same_column & ~adjacent_column
+    terminated = at_bottom & ~(same_column | adjacent_column)
 
+    # The top wall, a broken brick and a same-column paddle mirror up/down; the adjacent-column
+    # paddle reverses both. Every bounce but the top wall's puts the ball back in its old row.
     ball_dir = torch.where(hit_top | breaks | same_column, 3 - ball_dir, ball_dir)
     ball_dir = torch.where(adjacent_column, ball_dir ^ 2, ball_dir)
     new_y = torch.where(breaks | same_column | adjacent_column, ball_y, new_y)
@@ -253,19 +282,38 @@ class BatchedBreakout:
             raise ValueError(f"sticky_action_prob must be in [0, 1], got {sticky_action_prob}")
         if max_episode_steps is not None and max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be positive or None, got {max_episode_steps}")
-        self.num_envs = int(num_envs)
+        self.num_envs = n = int(num_envs)
         self.device = torch.device(device)
         self.sticky_action_prob = float(sticky_action_prob)
         self.max_episode_steps = max_episode_steps
         self.generator = torch.Generator(self.device).manual_seed(seed)
-        zeros = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
+        zeros = torch.zeros(n, dtype=torch.int64, device=self.device)
         self.state = initial_state(self._random_sides(), last_action=zeros)
-        self.episode_return = torch.zeros(self.num_envs, device=self.device)
+        self.episode_return = torch.zeros(n, device=self.device)
         self.episode_length = zeros.clone()
         self.episode_refills = zeros.clone()
-        # Offset of each game's frame in the flat observation buffer.
-        self._frame_offset = torch.arange(self.num_envs, device=self.device) * (NUM_CHANNELS * GRID * GRID)
-        self._obs = render(self.state)
+
+        # The observation update writes single cells by flat index into `_frames`, which holds one
+        # spare frame after the N that `observe` shows: games with nothing to write (no broken
+        # brick, no refill) write there, so every game writes and no step asks which ones need to.
+        self._frames = torch.zeros(n + 1, NUM_CHANNELS, GRID, GRID, device=self.device)
+        self._obs = self._frames[:n]
+        self._spare_frame = n
+        self._spare_cell = torch.tensor(n * _FRAME_CELLS, device=self.device)
+        games = torch.arange(n, device=self.device)
+        self._games = games
+        # Flat index of cell 0 of each channel of each game's frame, paddle row for channel 0.
+        start = games * _FRAME_CELLS
+        self._paddle_cell0 = start + PADDLE_ROW * GRID
+        self._ball_cell0 = start + 1 * GRID * GRID
+        self._trail_cell0 = start + 2 * GRID * GRID
+        self._brick_cell0 = start + 3 * GRID * GRID
+        # Flat indices of the paddle, ball and trail cells lit now (rows 0-2) and, once a step has
+        # filled it in, of the broken brick (row 3). The next step clears these cells and lights
+        # the new ones in the other buffer; then the two swap.
+        self._lit_cells = torch.zeros(4, n, dtype=torch.int64, device=self.device)
+        self._next_lit_cells = torch.zeros(4, n, dtype=torch.int64, device=self.device)
+        self._render_obs()
 
     def _random_sides(self):
         u = torch.rand(self.num_envs, generator=self.generator, device=self.device)
@@ -277,8 +325,7 @@ class BatchedBreakout:
         self.episode_return.zero_()
         self.episode_length.zero_()
         self.episode_refills.zero_()
-        self._obs.copy_(render(self.state))
-        return self._obs
+        return self._render_obs()
 
     def step(self, actions: torch.Tensor):
         """Play `actions` (int (N,): 0 no-op, 1 left, 2 right) in every game.
@@ -288,29 +335,31 @@ class BatchedBreakout:
         frame of the old one.
         """
         actions = actions.to(device=self.device, dtype=torch.int64)
+        # One draw of 31 random bits per game serves both random choices, from disjoint bits so
+        # that they are independent: bits 0-29 decide the sticky action, bit 30 the start side
+        # should the episode end in this step.
+        bits = torch.empty(self.num_envs, dtype=torch.int32, device=self.device).random_(generator=self.generator)
         if self.sticky_action_prob > 0:
-            u = torch.rand(self.num_envs, generator=self.generator, device=self.device)
-            executed = torch.where(u < self.sticky_action_prob, self.state.last_action, actions)
+            sticky = (bits & _STICKY_BITS) < round(self.sticky_action_prob * (_STICKY_BITS + 1))
+            executed = torch.where(sticky, self.state.last_action, actions)
         else:
             executed = actions
-        before = self.state
-        final_state, reward, terminated, events, target_cell = step_game(before, executed)
+        final_state, reward, terminated, events, target_cell = step_game(self.state, executed)
 
         episode_return = self.episode_return + reward
         episode_length = self.episode_length + 1
-        episode_refills = self.episode_refills + events.refill.long()
+        episode_refills = self.episode_refills + events.refill
         if self.max_episode_steps is None:
             truncated = torch.zeros_like(terminated)
         else:
             truncated = ~terminated & (episode_length >= self.max_episode_steps)
         done = terminated | truncated
 
-        fresh = initial_state(self._random_sides(), final_state.last_action)
-        self.state = BreakoutState(*(torch.where(done, new, old) for new, old in zip(fresh, final_state)))
-        self.episode_return = episode_return.masked_fill(done, 0.0)
-        self.episode_length = episode_length.masked_fill(done, 0)
-        self.episode_refills = episode_refills.masked_fill(done, 0)
-        self._update_obs(before, self.state, events.brick_broken, target_cell, events.refill | done)
+        self.state = _reset_where(done, bits > _STICKY_BITS, final_state)
+        self.episode_return = torch.where(done, 0.0, episode_return)
+        self.episode_length = torch.where(done, 0, episode_length)
+        self.episode_refills = torch.where(done, 0, episode_refills)
+        self._update_obs(events.brick_broken, target_cell, events.refill | done)
 
         info = StepInfo(
             executed_action=executed,
@@ -323,20 +372,28 @@ class BatchedBreakout:
         )
         return self._obs, reward, terminated, truncated, info
 
-    def _update_obs(self, before, after, brick_broken, target_cell, bricks_filled):
-        """Bring the observation buffer from `before` to `after` by writing only what changed."""
-        flat = self._obs.view(-1)
-        offset = self._frame_offset.unsqueeze(1)
-        flat.put_(offset + _object_cells(before), torch.zeros((), device=self.device).expand(self.num_envs, 3))
-        flat.put_(offset + _object_cells(after), torch.ones((), device=self.device).expand(self.num_envs, 3))
-        # A broken brick is cleared. Games without one write 0 to brick-channel cell (0, 0),
-        # which never holds a brick, instead: no boolean indexing, no host sync.
-        brick_channel = 3 * GRID * GRID
-        broken = torch.where(brick_broken, brick_channel + target_cell, brick_channel)
-        flat.put_(self._frame_offset + broken, torch.zeros((), device=self.device).expand(self.num_envs))
-        # Refilled and freshly reset games get full brick rows 1-3.
-        brick_rows = self._obs[:, 3, FIRST_BRICK_ROW : FIRST_BRICK_ROW + NUM_BRICK_ROWS]
-        torch.maximum(brick_rows, bricks_filled.view(-1, 1, 1).float(), out=brick_rows)
+    def _update_obs(self, brick_broken, target_cell, bricks_filled):
+        """Bring the observation buffer to `self.state` by writing only the cells that change."""
+        state, cleared, lit = self.state, self._lit_cells, self._next_lit_cells
+        torch.where(brick_broken, self._brick_cell0 + target_cell, self._spare_cell, out=cleared[3])
+        torch.add(self._paddle_cell0, state.paddle_x, out=lit[0])
+        torch.add(self._ball_cell0, torch.add(state.ball_x, state.ball_y, alpha=GRID), out=lit[1])
+        torch.add(self._trail_cell0, torch.add(state.last_x, state.last_y, alpha=GRID), out=lit[2])
+        flat = self._frames.view(-1)
+        flat.index_fill_(0, cleared.view(-1), 0.0)
+        flat.index_fill_(0, lit[:3].flatten(), 1.0)
+        self._lit_cells, self._next_lit_cells = lit, cleared
+        # Refilled and freshly reset games get full brick rows 1-3; the others fill the spare
+        # frame's.
+        brick_rows = self._frames[:, 3, FIRST_BRICK_ROW : FIRST_BRICK_ROW + NUM_BRICK_ROWS].flatten(1)
+        brick_rows.index_fill_(0, torch.where(bricks_filled, self._games, self._spare_frame), 1.0)
+
+    def _render_obs(self) -> torch.Tensor:
+        """Draw the whole observation from `self.state` (after a reset or `set_state`)."""
+        self._obs.copy_(render(self.state))
+        start = (self._games * _FRAME_CELLS).unsqueeze(1)
+        self._lit_cells[:3] = (start + _object_cells(self.state)).T
+        return self._obs
 
     def get_state(self) -> BreakoutState:
         """A copy of every game's state."""
@@ -348,9 +405,32 @@ class BatchedBreakout:
             if tuple(value.shape) != (self.num_envs,):
                 raise ValueError(f"state.{name} has shape {tuple(value.shape)}, expected ({self.num_envs},)")
         self.state = state.to(self.device).clone()
-        self._obs.copy_(render(self.state))
-        return self._obs
+        return self._render_obs()
 
     def observe(self) -> torch.Tensor:
         """The current observation, without stepping."""
         return self._obs
+
+
+_FRAME_CELLS = NUM_CHANNELS * GRID * GRID
+_STICKY_BITS = (1 << 30) - 1  # bits 0-29 of a random_ int32 draw
+
+
+def _reset_where(done: torch.Tensor, start_right: torch.Tensor, state: BreakoutState) -> BreakoutState:
+    """`initial_state(start_right, state.last_action)` where `done`, `state` elsewhere.
+
+    The same as a `torch.where` over every field, but cheaper: only the ball's column and
+    direction depend on the start side; the other fields of a fresh game are constants.
+    """
+    ball_x = torch.where(done, torch.where(start_right, GRID - 1, 0), state.ball_x)
+    return BreakoutState(
+        ball_x=ball_x,
+        ball_y=torch.where(done, START_ROW, state.ball_y),
+        ball_dir=torch.where(done, torch.where(start_right, 3, 2), state.ball_dir),
+        last_x=torch.where(done, ball_x, state.last_x),
+        last_y=torch.where(done, START_ROW, state.last_y),
+        paddle_x=torch.where(done, START_PADDLE_X, state.paddle_x),
+        bricks=torch.where(done, ALL_BRICKS, state.bricks),
+        strike=state.strike & ~done,
+        last_action=state.last_action,
+    )
