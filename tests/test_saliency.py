@@ -104,7 +104,8 @@ def test_gradient_matches_per_frame_autograd(arch):
     torch.testing.assert_close(gradient_saliency(m, x, action=given), per_frame_autograd(m, plain, "action", given))
     torch.testing.assert_close(gradient_saliency(m, x, target="value"), per_frame_autograd(m, plain, "value"))
     # Chunked backward passes give the same.
-    torch.testing.assert_close(gradient_saliency(m, x, action=given, batch_size=5), gradient_saliency(m, x, action=given))
+    torch.testing.assert_close(gradient_saliency(m, x, action=given, batch_size=5),
+                               gradient_saliency(m, x, action=given))
 
 
 def test_inference_tensors_work_even_inside_inference_mode():
@@ -130,7 +131,8 @@ def test_inference_tensors_work_even_inside_inference_mode():
 
 def test_smoothgrad_of_linear_model_is_weight_row_and_without_noise_is_the_gradient():
     lin, x = LinearActorCritic(), rollout_frames(8)
-    torch.testing.assert_close(smoothgrad(lin, x, action=1, samples=7), lin.W.detach()[1].view(1, 4, 10, 10).expand_as(x))
+    torch.testing.assert_close(smoothgrad(lin, x, action=1, samples=7),
+                               lin.W.detach()[1].view(1, 4, 10, 10).expand_as(x))
     m = model("cnn")
     torch.testing.assert_close(smoothgrad(m, x, noise=0.0, samples=3), gradient_saliency(m, x))
 
