@@ -293,26 +293,21 @@ class BatchedBreakout:
         self.episode_length = zeros.clone()
         self.episode_refills = zeros.clone()
 
-        # The observation update writes single cells by flat index into `_frames`, which holds one
-        # spare frame after the N that `observe` shows: games with nothing to write (no broken
-        # brick, no refill) write there, so every game writes and no step asks which ones need to.
-        self._frames = torch.zeros(n + 1, NUM_CHANNELS, GRID, GRID, device=self.device)
-        self._obs = self._frames[:n]
-        self._spare_frame = n
-        self._spare_cell = torch.tensor(n * _FRAME_CELLS, device=self.device)
-        games = torch.arange(n, device=self.device)
-        self._games = games
-        # Flat index of cell 0 of each channel of each game's frame, paddle row for channel 0.
-        start = games * _FRAME_CELLS
-        self._paddle_cell0 = start + PADDLE_ROW * GRID
-        self._ball_cell0 = start + 1 * GRID * GRID
-        self._trail_cell0 = start + 2 * GRID * GRID
-        self._brick_cell0 = start + 3 * GRID * GRID
-        # Flat indices of the paddle, ball and trail cells lit now (rows 0-2) and, once a step has
-        # filled it in, of the broken brick (row 3). The next step clears these cells and lights
-        # the new ones in the other buffer; then the two swap.
-        self._lit_cells = torch.zeros(4, n, dtype=torch.int64, device=self.device)
-        self._next_lit_cells = torch.zeros(4, n, dtype=torch.int64, device=self.device)
+        self._obs = torch.zeros(n, NUM_CHANNELS, GRID, GRID, device=self.device)
+        # Each step adds +1 or -1 to a few cells of each game's frame (cells numbered 0..399 in
+        # channel, row, column order), all in one scatter that visits each frame once. Columns
+        # 0-2 and 3-5 of `_cells` hold the paddle, ball and trail cells: one triple the cells lit
+        # now, which get -1, the other the new ones, which get +1 (a cell that stays lit gets
+        # both); the triples swap roles every step. Column 6 is a broken brick's cell, which gets
+        # -1; games that broke none add 0 to their new paddle cell instead.
+        self._cells = torch.zeros(n, 7, dtype=torch.int64, device=self.device)
+        self._cell_values = torch.tensor(
+            [[1.0, 1.0, 1.0, -1.0, -1.0, -1.0, 0.0], [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 0.0]], device=self.device
+        ).repeat(n, 1, 1).transpose(0, 1)  # [k]: values when the new cells are columns 3k..3k+2
+        self._lit_column = 0
+        # Brick rows 1-3 (cells 310-339) of every frame, two float32 cells per int64 word.
+        words = self._obs.view(n, -1).view(torch.int64)
+        self._brick_row_words = words[:, _BRICK_ROWS_CELL // 2 : (_BRICK_ROWS_CELL + NUM_BRICK_CELLS) // 2]
         self._render_obs()
 
     def _random_sides(self):
@@ -355,7 +350,7 @@ class BatchedBreakout:
             truncated = ~terminated & (episode_length >= self.max_episode_steps)
         done = terminated | truncated
 
-        self.state = _reset_where(done, bits > _STICKY_BITS, final_state)
+        self.state = _reset_where(done, bits >> 30, final_state)
         self.episode_return = torch.where(done, 0.0, episode_return)
         self.episode_length = torch.where(done, 0, episode_length)
         self.episode_refills = torch.where(done, 0, episode_refills)
@@ -374,25 +369,26 @@ class BatchedBreakout:
 
     def _update_obs(self, brick_broken, target_cell, bricks_filled):
         """Bring the observation buffer to `self.state` by writing only the cells that change."""
-        state, cleared, lit = self.state, self._lit_cells, self._next_lit_cells
-        torch.where(brick_broken, self._brick_cell0 + target_cell, self._spare_cell, out=cleared[3])
-        torch.add(self._paddle_cell0, state.paddle_x, out=lit[0])
-        torch.add(self._ball_cell0, torch.add(state.ball_x, state.ball_y, alpha=GRID), out=lit[1])
-        torch.add(self._trail_cell0, torch.add(state.last_x, state.last_y, alpha=GRID), out=lit[2])
-        flat = self._frames.view(-1)
-        flat.index_fill_(0, cleared.view(-1), 0.0)
-        flat.index_fill_(0, lit[:3].flatten(), 1.0)
-        self._lit_cells, self._next_lit_cells = lit, cleared
-        # Refilled and freshly reset games get full brick rows 1-3; the others fill the spare
-        # frame's.
-        brick_rows = self._frames[:, 3, FIRST_BRICK_ROW : FIRST_BRICK_ROW + NUM_BRICK_ROWS].flatten(1)
-        brick_rows.index_fill_(0, torch.where(bricks_filled, self._games, self._spare_frame), 1.0)
+        state, cells = self.state, self._cells
+        new = 3 - self._lit_column
+        torch.add(state.paddle_x, PADDLE_ROW * GRID, out=cells[:, new])
+        torch.add(state.ball_x, state.ball_y, alpha=GRID, out=cells[:, new + 1]).add_(1 * GRID * GRID)
+        torch.add(state.last_x, state.last_y, alpha=GRID, out=cells[:, new + 2]).add_(2 * GRID * GRID)
+        torch.where(brick_broken, target_cell + 3 * GRID * GRID, cells[:, new], out=cells[:, 6])
+        values = self._cell_values[new // 3]
+        torch.mul(brick_broken, -1.0, out=values[:, 6])
+        self._obs.view(self.num_envs, -1).scatter_add_(1, cells, values)
+        self._lit_column = new
+        # Refilled and freshly reset games get full brick rows. OR-ing the bits of two float32
+        # 1.0s into a word sets both its cells to 1.0 whether they held 0.0 or 1.0, and OR-ing
+        # in 0 changes nothing: one pass over every game, with no branch.
+        self._brick_row_words.bitwise_or_(torch.where(bricks_filled, _TWO_ONES, 0).unsqueeze(1))
 
     def _render_obs(self) -> torch.Tensor:
         """Draw the whole observation from `self.state` (after a reset or `set_state`)."""
         self._obs.copy_(render(self.state))
-        start = (self._games * _FRAME_CELLS).unsqueeze(1)
-        self._lit_cells[:3] = (start + _object_cells(self.state)).T
+        lit = self._lit_column
+        self._cells[:, lit : lit + 3] = _object_cells(self.state)
         return self._obs
 
     def get_state(self) -> BreakoutState:
@@ -412,7 +408,8 @@ class BatchedBreakout:
         return self._obs
 
 
-_FRAME_CELLS = NUM_CHANNELS * GRID * GRID
+_BRICK_ROWS_CELL = 3 * GRID * GRID + FIRST_BRICK_ROW * GRID  # first cell of brick rows 1-3 in a frame
+_TWO_ONES = torch.tensor([1.0, 1.0]).view(torch.int64).item()  # two float32 1.0s as one int64 word
 _STICKY_BITS = (1 << 30) - 1  # bits 0-29 of a random_ int32 draw
 
 
@@ -420,13 +417,14 @@ def _reset_where(done: torch.Tensor, start_right: torch.Tensor, state: BreakoutS
     """`initial_state(start_right, state.last_action)` where `done`, `state` elsewhere.
 
     The same as a `torch.where` over every field, but cheaper: only the ball's column and
-    direction depend on the start side; the other fields of a fresh game are constants.
+    direction depend on the start side (`start_right` is 0 or 1 here, so that they are arithmetic
+    rather than a select on a random mask); the other fields of a fresh game are constants.
     """
-    ball_x = torch.where(done, torch.where(start_right, GRID - 1, 0), state.ball_x)
+    ball_x = torch.where(done, start_right * (GRID - 1), state.ball_x)
     return BreakoutState(
         ball_x=ball_x,
         ball_y=torch.where(done, START_ROW, state.ball_y),
-        ball_dir=torch.where(done, torch.where(start_right, 3, 2), state.ball_dir),
+        ball_dir=torch.where(done, start_right + 2, state.ball_dir),  # 2 down-right, 3 down-left
         last_x=torch.where(done, ball_x, state.last_x),
         last_y=torch.where(done, START_ROW, state.last_y),
         paddle_x=torch.where(done, START_PADDLE_X, state.paddle_x),
