@@ -12,7 +12,8 @@ in row 9. Ball directions are MinAtar's codes
 
     0: up-left   1: up-right   2: down-right   3: down-left
 
-so that `dir ^ 1` mirrors left/right, `3 - dir` mirrors up/down and `dir ^ 2` reverses both.
+so that `dir ^ 1` mirrors left/right, `dir ^ 3` (that is `3 - dir`) mirrors up/down and `dir ^ 2`
+reverses both.
 
 Bricks only ever exist in rows 1-3 (at the start and after each refill), so each game's bricks are
 one int64 bitmask: bit `10 * (row - 1) + column`. `bricks_to_grid`/`grid_to_bricks` convert to and
@@ -195,7 +196,7 @@ def step_game(state: BreakoutState, action: torch.Tensor):
 
     # The top wall, a broken brick and a same-column paddle mirror up/down; the adjacent-column
     # paddle reverses both. Every bounce but the top wall's puts the ball back in its old row.
-    ball_dir = torch.where(hit_top | breaks | same_column, 3 - ball_dir, ball_dir)
+    ball_dir = torch.where(hit_top | breaks | same_column, ball_dir ^ 3, ball_dir)
     ball_dir = torch.where(adjacent_column, ball_dir ^ 2, ball_dir)
     new_y = torch.where(breaks | same_column | adjacent_column, ball_y, new_y)
 
@@ -301,9 +302,9 @@ class BatchedBreakout:
         # both); the triples swap roles every step. Column 6 is a broken brick's cell, which gets
         # -1; games that broke none add 0 to their new paddle cell instead.
         self._cells = torch.zeros(n, 7, dtype=torch.int64, device=self.device)
-        self._cell_values = torch.tensor(
+        self._cell_values = torch.tensor(  # [k]: the values when the new cells are columns 3k..3k+2
             [[1.0, 1.0, 1.0, -1.0, -1.0, -1.0, 0.0], [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 0.0]], device=self.device
-        ).repeat(n, 1, 1).transpose(0, 1)  # [k]: values when the new cells are columns 3k..3k+2
+        ).unsqueeze(1).repeat(1, n, 1)
         self._lit_column = 0
         # Brick rows 1-3 (cells 310-339) of every frame, two float32 cells per int64 word.
         words = self._obs.view(n, -1).view(torch.int64)
@@ -327,12 +328,13 @@ class BatchedBreakout:
 
         Returns `(obs, reward, terminated, truncated, info)`. Games whose episode ended are reset
         at once: `obs` is then the first frame of the new episode, `info.final_obs` the last
-        frame of the old one.
+        frame of the old one. Nothing here waits on the device; an action outside 0-2 is an
+        index out of range.
         """
         actions = actions.to(device=self.device, dtype=torch.int64)
         # One draw of 31 random bits per game serves both random choices, from disjoint bits so
-        # that they are independent: bits 0-29 decide the sticky action, bit 30 the start side
-        # should the episode end in this step.
+        # that they are independent: bits 0-29 are a uniform integer below 2**30 that decides the
+        # sticky action, bit 30 the start side should the episode end in this step.
         bits = torch.empty(self.num_envs, dtype=torch.int32, device=self.device).random_(generator=self.generator)
         if self.sticky_action_prob > 0:
             sticky = (bits & _STICKY_BITS) < round(self.sticky_action_prob * (_STICKY_BITS + 1))
@@ -350,7 +352,8 @@ class BatchedBreakout:
             truncated = ~terminated & (episode_length >= self.max_episode_steps)
         done = terminated | truncated
 
-        self.state = _reset_where(done, bits >> 30, final_state)
+        start_right = bits >> 30
+        self.state = _reset_where(done, start_right, final_state)
         self.episode_return = torch.where(done, 0.0, episode_return)
         self.episode_length = torch.where(done, 0, episode_length)
         self.episode_refills = torch.where(done, 0, episode_refills)
@@ -370,7 +373,7 @@ class BatchedBreakout:
     def _update_obs(self, brick_broken, target_cell, bricks_filled):
         """Bring the observation buffer to `self.state` by writing only the cells that change."""
         state, cells = self.state, self._cells
-        new = 3 - self._lit_column
+        new = 3 - self._lit_column  # the triple of `_cells` that the cells lit from now on go in
         torch.add(state.paddle_x, PADDLE_ROW * GRID, out=cells[:, new])
         torch.add(state.ball_x, state.ball_y, alpha=GRID, out=cells[:, new + 1]).add_(1 * GRID * GRID)
         torch.add(state.last_x, state.last_y, alpha=GRID, out=cells[:, new + 2]).add_(2 * GRID * GRID)
