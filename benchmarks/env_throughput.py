@@ -11,7 +11,9 @@ Each measurement warms up first (allocations, caches, CUDA kernels), then times 
 steps chosen to last about `--seconds`; on CUDA the clock is read only after a synchronise. The
 reference and every N are measured in interleaved rounds, so slow spells on a shared machine hit
 all rows alike; the table reports the median over rounds (with min and max) and each row's ratio
-of medians to minatar.
+of medians to minatar. The header names the torch thread count: large batches run some ops on
+several threads, which on a small machine shared with other work can wait on a busy core, so
+compare runs at the same `--threads`.
 
     python benchmarks/env_throughput.py [--device cpu|cuda|auto] [--seconds 1] [--repeats 5] [--threads N]
                                         [--json PATH]
