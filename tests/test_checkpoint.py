@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import random
 import signal
 
 import pytest
@@ -102,7 +103,7 @@ def bad_files(tmp_path):
     }
     files["empty"].write_bytes(b"")
     files["truncated"].write_bytes(data[: len(data) // 2])
-    files["corrupt"].write_bytes(os.urandom(2048))
+    files["corrupt"].write_bytes(random.Random(0).randbytes(2048))
     torch.save({"state_dict": {"w": torch.zeros(3)}}, files["foreign dict"])
     torch.save(torch.zeros(3), files["foreign tensor"])
     torch.save({"format": "breakout-ppo-checkpoint", "payload": RunsCode(str(marker))}, files["code in a torch file"])
@@ -140,3 +141,13 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
     payload = load_checkpoint(tmp_path / "run" / "checkpoint.pt", resumable=True)
     assert payload["update"] == 2
     assert all(torch.isfinite(t).all() for t in payload["model"].values())
+
+
+def test_random_bytes_of_any_kind_are_a_checkpoint_error(tmp_path):
+    # Arbitrary bytes make torch.load fail in many different ways; each must become one clear error.
+    path = tmp_path / "noise.pt"
+    for seed in range(200):
+        rng = random.Random(seed)
+        path.write_bytes(rng.randbytes(rng.randint(1, 4096)))
+        with pytest.raises(CheckpointError, match="truncated or corrupt|not a plain-data|not a breakout-ppo"):
+            load_agent(path)
