@@ -213,6 +213,12 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, sna
                     last_checkpoint = save(done)
                 if stop.requested:
                     break
+            else:
+                # Training ended before the later deadlines: the final model is the last one
+                # that existed before each of them.
+                elapsed = time.time() - process_start
+                for deadline in snapshots:
+                    writer.snapshot(f"snapshot-{deadline:g}s.pt", model.state_dict(), config, global_step, elapsed)
     finally:
         writer.close()
     return TrainResult(Path(run_dir), global_step, update + 1 - first_update, stop.requested,
