@@ -107,6 +107,9 @@ def train(preset_name, run_name, logdir, resume, instrument_every, snapshot_at, 
     if run_name is None:
         run_name = resume.parent.name if resume else datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = logdir / run_name
+    if resume is None and (run_dir / "checkpoint.pt").exists():
+        raise click.UsageError(f"{run_dir} already holds a run; choose another --run-name or continue it "
+                               f"with --resume {run_dir / 'checkpoint.pt'}")
     panel = None
     if instrument_every:
         from instruments.panel import TrainingPanel

@@ -1,8 +1,8 @@
 """Episode videos and contact sheets: the game as the agent saw it, next to what it thought.
 
 The layout follows the AlphaStar exhibition videos. On the left, the 10x10 MinAtar frame the agent
-acted on, upscaled with one colour per channel (legend underneath) and the saliency of the played
-action laid over it in translucent blue. On the right, the policy's action probabilities (the
+acted on, upscaled with one colour per channel (legend underneath) and the saliency of the chosen
+action (the policy's choice, before any sticky repeat) laid over it in translucent blue. On the right, the policy's action probabilities (the
 played action highlighted) and the critic's value estimate so far, with the current step marked;
 step, reward and return counters in the title bar.
 
@@ -191,7 +191,7 @@ class FrameRenderer:
                 img[y - 11 : y + 1, ramp_x + i] = colour
             cv2.rectangle(img, (ramp_x, y - 11), (ramp_x + 59, y + 1), GRID_LINE, 1)
             scope = "over the episode" if self.saliency_scale == "episode" else "per frame"
-            _text(img, f"saliency of the played action (blue; scaled {scope})", (ramp_x + 68, y), 0.42, DIM_TEXT)
+            _text(img, f"saliency of the chosen action (blue; scaled {scope})", (ramp_x + 68, y), 0.42, DIM_TEXT)
         else:
             _text(img, "no saliency recorded", (BOARD_X, y), 0.42, DIM_TEXT)
         # Action bars: labels and empty tracks.

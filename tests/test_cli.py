@@ -116,3 +116,12 @@ def test_ctrl_c_saves_a_checkpoint_flushes_events_and_exits_cleanly(tmp_path):
     events = EventAccumulator(str(tmp_path / "c"))
     events.Reload()
     assert len(events.Scalars("losses/policy_loss")) >= payload["update"]
+
+
+def test_training_into_an_existing_run_is_refused_not_overwritten(tmp_path):
+    args = ["train", "--preset", "smoke", "--run-name", "r", "--logdir", tmp_path]
+    assert run(*args).exit_code == 0
+    before = (tmp_path / "r" / "checkpoint.pt").read_bytes()
+    result = run(*args)
+    assert result.exit_code != 0 and "already holds a run" in result.output
+    assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == before
