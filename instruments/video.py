@@ -2,8 +2,9 @@
 
 The layout follows the AlphaStar exhibition videos. On the left, the 10x10 MinAtar frame the agent
 acted on, upscaled with one colour per channel (legend underneath) and the saliency of the chosen
-action (the policy's choice, before any sticky repeat) laid over it in translucent blue. On the right, the policy's action probabilities (the
-played action highlighted) and the critic's value estimate so far, with the current step marked;
+action (the policy's choice, before any sticky repeat) laid over it in translucent blue. On the
+right, the policy's action probabilities (the played action highlighted) and the critic's value
+estimate so far, with the current step marked;
 step, reward and return counters in the title bar.
 
 Saliency is scaled over the whole episode, not per frame: one scale (the 95th percentile of the
