@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from breakout_ppo.env import MINATAR_ACTIONS, BatchedBreakout
+from breakout_ppo.ppo import sample_actions
 
 SETTINGS = {
     # The setting targets are set on: MinAtar's sticky actions, a generous step cap.
@@ -55,11 +56,9 @@ class EvalResult:
 
 
 def policy_actions(model, obs: torch.Tensor, greedy: bool, generator: torch.Generator) -> torch.Tensor:
+    """The policy's actions on `obs`: the argmax when `greedy`, else sampled as in training."""
     logits, _ = model(obs)
-    if greedy:
-        return logits.argmax(dim=-1)
-    u = torch.rand(logits.shape, generator=generator, device=logits.device)
-    return torch.argmax(logits - torch.log(-torch.log(u.clamp_min(1e-20))), dim=-1)
+    return logits.argmax(dim=-1) if greedy else sample_actions(logits, generator)
 
 
 @torch.inference_mode()

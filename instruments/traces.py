@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from breakout_ppo.env import NUM_ACTIONS, BatchedBreakout
+from breakout_ppo.ppo import sample_actions
 from instruments.saliency import gradient_saliency, reduce_channels
 
 
@@ -86,11 +87,7 @@ def record_episode(model, seed: int = 0, max_steps: int = 10_000, *, env: Batche
         for t in range(max_steps):
             frames[t] = obs[0]  # a copy: `obs` is the env's buffer
             logits, value = model(obs)
-            if greedy:
-                action = logits.argmax(dim=-1)
-            else:
-                u = torch.rand(logits.shape, generator=generator, device=device)
-                action = torch.argmax(logits - torch.log(-torch.log(u.clamp_min(1e-20))), dim=-1)
+            action = logits.argmax(dim=-1) if greedy else sample_actions(logits, generator)
             obs, reward, _, _, info = env.step(action)
             chosen[t], executed[t], values[t], rewards[t] = action[0], info.executed_action[0], value[0], reward[0]
             probs[t] = torch.softmax(logits[0], dim=-1)
