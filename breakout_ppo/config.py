@@ -53,8 +53,9 @@ class Config:
     """Passes over each batch."""
     clip_coef: float = 0.2
     """PPO ratio clip; also clips the value update."""
-    ent_coef: float = 0.01
-    """Weight of the entropy bonus in the optimised loss."""
+    ent_coef: float = 0.005
+    """Weight of the entropy bonus in the optimised loss. 0.005 beat 0.01 within 90 s on all three
+    seeds measured (the evaluation samples the policy, so a sharper policy scores higher)."""
     vf_coef: float = 0.5
     """Weight of the value loss."""
     max_grad_norm: float = 0.5
