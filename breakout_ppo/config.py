@@ -15,8 +15,9 @@ class Config:
     # --- run ---
     seed: int = 1
     """Seeds the model init, the environments, action sampling and minibatch order."""
-    total_steps: int = 12_000_000
-    """Environment steps to train for (summed over all envs); the learning rate reaches 0 here."""
+    total_steps: int = 14_000_000
+    """Environment steps to train for (summed over all envs); the learning rate reaches 0 here.
+    14M steps take about 145 s on a 2-core CPU."""
     checkpoint_every: int = 100
     """Save a checkpoint every this many updates (and always at the end or on Ctrl-C)."""
 
