@@ -29,6 +29,7 @@ from breakout_ppo.config import Config
 from breakout_ppo.env import BatchedBreakout
 from breakout_ppo.model import ActorCritic
 from breakout_ppo.ppo import collect_rollout, ppo_update
+from breakout_ppo.preflight import check_entropy_term
 
 
 def process_start_time() -> float:
@@ -137,6 +138,11 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, sna
         saved = config_from_checkpoint(payload, resume)
         if saved.replace(total_steps=config.total_steps) != config.replace(total_steps=config.total_steps):
             raise TrainingError(f"{resume} was trained with a different config; resume with the same flags")
+
+    # A dead entropy term makes every ent_coef "have no effect"; catch it before spending hours.
+    entropy_check = check_entropy_term(config)
+    if not entropy_check.passed:
+        raise TrainingError(f"preflight failed: {entropy_check}; the update does not optimise the entropy bonus")
 
     torch.manual_seed(config.seed)
     model = ActorCritic(config.arch, config.hidden).to(device)
