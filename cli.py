@@ -238,6 +238,7 @@ def inspect(checkpoint, episodes, out_dir, seed, max_video_steps, tensorboard, d
     click.echo(f"replayed episode: return {result.episode_return:g} in {result.episode_length} steps")
     click.echo(f"failure heatmap: {h['episodes']} episodes, mean return {h['mean_return']:.2f}, "
                f"{h['losses']} lost the ball, {h['truncated']} reached the step cap")
+    click.echo(f"update code: {result.entropy_check}")
     click.echo(f"files in {result.out_dir}:")
     for name, path in result.files.items():
         click.echo(f"  {name:14} {Path(path).name}")

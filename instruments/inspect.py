@@ -19,6 +19,7 @@ import torch
 
 from breakout_ppo.checkpoint import load_agent, load_checkpoint
 from breakout_ppo.env import ACTION_NAMES
+from breakout_ppo.preflight import check_entropy_term
 from instruments.heatmap import failure_heatmap, policy_from_model, save_heatmap_png
 from instruments.saliency import gradient_saliency, reduce_channels
 from instruments.traces import Trace, record_episode
@@ -32,6 +33,7 @@ class Inspection:
     episode_return: float
     episode_length: int
     heatmap_summary: dict
+    entropy_check: str
     tensorboard_dir: Path | None
 
 
@@ -141,8 +143,11 @@ def inspect_agent(checkpoint, out_dir, episodes: int = 1000, device="cpu", seed:
     heatmap = failure_heatmap(policy_from_model(model, seed=seed), episodes=episodes,
                               sticky_action_prob=config.sticky_action_prob, seed=seed, device=device)
     files["heatmap"] = save_heatmap_png(heatmap, out_dir / "failure_heatmap.png")
+    # The checkpoint cannot show a dead entropy term; probing the update code that made it can.
+    entropy_check = check_entropy_term(config)
     summary = {
         "checkpoint": str(checkpoint),
+        "entropy_term": {"passed": entropy_check.passed, "finding": str(entropy_check)},
         "global_step": global_step,
         "episode": {"return": float(trace.rewards.sum()), "length": len(trace)},
         "heatmap": heatmap.summary(),
@@ -155,7 +160,7 @@ def inspect_agent(checkpoint, out_dir, episodes: int = 1000, device="cpu", seed:
     if tensorboard_dir is not None:
         _log_to_tensorboard(Path(tensorboard_dir), global_step, trace, files, heatmap)
     return Inspection(out_dir, files, float(trace.rewards.sum()), len(trace), heatmap.summary(),
-                      Path(tensorboard_dir) if tensorboard_dir else None)
+                      str(entropy_check), Path(tensorboard_dir) if tensorboard_dir else None)
 
 
 def _log_to_tensorboard(log_dir: Path, step: int, trace: Trace, files: dict, heatmap) -> None:

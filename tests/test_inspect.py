@@ -24,6 +24,7 @@ def test_inspect_writes_every_instrument_and_logs_them(checkpoint, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["heatmap"]["episodes"] == 24
+    assert summary["entropy_term"]["passed"] and "entropy term live" in result.output
     for name in ("rollout.mp4", "contact_sheet.png", "trace.csv", "trace.json", "traces.png", "saliency.npz",
                  "saliency_mean.png", "failure_heatmap.png"):
         assert (out / name).stat().st_size > 0, name
