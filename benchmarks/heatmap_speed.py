@@ -14,11 +14,8 @@ heuristic acts on, so that the time includes the forward pass a trained agent wo
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -26,6 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_report import write_json  # noqa: E402
 from breakout_ppo.config import Config  # noqa: E402
 from breakout_ppo.model import ActorCritic  # noqa: E402
 from instruments.heatmap import failure_heatmap, follow_ball_policy, policy_from_model, save_heatmap_png  # noqa: E402
@@ -113,17 +111,7 @@ def main():
               f"{r['frames'] / r['seconds']:>10,.0f}")
 
     if args.json_path:
-        report = {
-            "benchmark": "heatmap_speed",
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                        "python": platform.python_version(), "torch": torch.__version__,
-                        "threads": torch.get_num_threads()},
-            "settings": {k: v for k, v in vars(args).items() if k != "json_path"},
-            "target_seconds": 15.0,
-            "rows": rows,
-        }
-        Path(args.json_path).write_text(json.dumps(report, indent=2))
+        write_json(args.json_path, "heatmap_speed", args, target_seconds=15.0, rows=rows)
 
 
 if __name__ == "__main__":

@@ -28,15 +28,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
-import platform
 import random
 import statistics
 import sys
 import time
 from contextlib import ExitStack
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -44,6 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_report import write_json  # noqa: E402
 from breakout_ppo.env import BatchedBreakout  # noqa: E402
 from breakout_ppo.model import ActorCritic  # noqa: E402
 from instruments.hooks import Taps, layer_names  # noqa: E402
@@ -187,18 +185,8 @@ def main():
           + ", ".join(f"{w}: {'PASS' if ok else 'FAIL'}" for w, ok in verdicts.items()))
 
     if args.json_path:
-        report = {
-            "benchmark": "hook_overhead",
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                        "python": platform.python_version(), "torch": torch.__version__,
-                        "threads": torch.get_num_threads(), "device": str(device)},
-            "settings": {k: v for k, v in vars(args).items() if k != "json_path"},
-            "detached_budget": DETACHED_BUDGET,
-            "detached_pass": verdicts,
-            "rows": rows_out,
-        }
-        Path(args.json_path).write_text(json.dumps(report, indent=2))
+        write_json(args.json_path, "hook_overhead", args, device=str(device), detached_budget=DETACHED_BUDGET,
+                   detached_pass=verdicts, rows=rows_out)
     return 0 if all(verdicts.values()) else 1
 
 

@@ -12,22 +12,18 @@ the figures are wall-clock seconds.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_report import write_json  # noqa: E402
 from breakout_ppo.checkpoint import load_agent, load_checkpoint  # noqa: E402
 from breakout_ppo.evaluate import evaluate  # noqa: E402
 
@@ -146,17 +142,8 @@ def main():
         plot_curves(logdir, seeds, rows, targets, args.plot)
 
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps({
-            "benchmark": "train_speed",
-            "date": datetime.now(timezone.utc).isoformat(),
-            "torch": torch.__version__,
-            "cpu_count": os.cpu_count(),
-            "machine": platform.processor() or platform.machine(),
-            "train_args": args.train_args,
-            "episodes": args.episodes,
-            "rows": rows,
-            "time_to_target": {str(s): {f"{k:g}": v for k, v in r.items()} for s, r in summary.items()},
-        }, indent=2) + "\n")
+        write_json(args.json_path, "train_speed", args, episodes=args.episodes, rows=rows,
+                   time_to_target={str(s): {f"{k:g}": v for k, v in r.items()} for s, r in summary.items()})
 
 
 if __name__ == "__main__":
