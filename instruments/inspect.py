@@ -23,7 +23,7 @@ from breakout_ppo.preflight import check_entropy_term
 from instruments.heatmap import failure_heatmap, policy_from_model, save_heatmap_png
 from instruments.saliency import gradient_saliency, reduce_channels
 from instruments.traces import Trace, record_episode
-from instruments.video import contact_sheet, iter_frames, write_contact_sheet, write_video
+from instruments.video import iter_frames, write_contact_sheet, write_video
 
 
 @dataclass
@@ -182,5 +182,3 @@ def _log_to_tensorboard(log_dir: Path, step: int, trace: Trace, files: dict, hea
         sink.histogram("inspect/action_saliency", trace.saliency, step)
         sink.text("inspect/summary", "\n".join(f"- **{k}**: {v}" for k, v in heatmap.summary().items()), step)
 
-
-__all__ = ["inspect_agent", "Inspection", "contact_sheet"]

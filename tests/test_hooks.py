@@ -114,7 +114,7 @@ def test_no_hooks_after_exit_or_exception():
     model, x = make_model("mlp", inplace=True), frames()
     names = layer_names(model)
     assert hook_count(model) == 0
-    with Taps(model, activations=names, gradients=names, policy_and_value=True) as taps:
+    with Taps(model, activations=names, gradients=names, policy_and_value=True):
         assert hook_count(model) == len(names) + 1
         model(x)[0].sum().backward()
     assert hook_count(model) == 0
