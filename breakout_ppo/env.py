@@ -2,10 +2,10 @@
 
 Every game in the batch steps at once, on CPU or GPU, with exactly the dynamics of
 `minatar.Environment("breakout")` (kenjyoung/MinAtar, `minatar/environments/breakout.py`): the same
-rules in the same order, quirks included. `step_game` is a pure function of the batched game state;
-`BatchedBreakout` adds what MinAtar's `Environment` wrapper adds (sticky actions) and what a
-vectorised trainer needs (auto-reset, episode statistics, an optional step cap, observations kept
-up to date in place).
+rules in the same order, quirks included. `minatar_rule` is that rule for one game, written as
+MinAtar's if/elif chain; `step_game` is a pure function of the batched game state; `BatchedBreakout`
+adds what MinAtar's `Environment` wrapper adds (sticky actions) and what a vectorised trainer needs
+(auto-reset, episode statistics, an optional step cap, observations kept up to date in place).
 
 Coordinates follow MinAtar: `x` is the column (0 = left), `y` the row (0 = top); the paddle lives
 in row 9. Ball directions are MinAtar's codes
@@ -16,8 +16,18 @@ so that `dir ^ 1` mirrors left/right, `dir ^ 3` (that is `3 - dir`) mirrors up/d
 reverses both.
 
 Bricks only ever exist in rows 1-3 (at the start and after each refill), so each game's bricks are
-one int64 bitmask: bit `10 * (row - 1) + column`. `bricks_to_grid`/`grid_to_bricks` convert to and
+one bitmask: bit `10 * (row - 1) + column`. `bricks_to_grid`/`grid_to_bricks` convert to and
 from MinAtar's 10x10 `brick_map`.
+
+Why the batched step is table lookups. Apart from the bricks, a game is small: the ball's cell and
+direction, the paddle column and the strike flag take 8,800 values, and with the action and
+"is there a brick where the ball is going" the outcome of a step is fixed. So `minatar_rule` is
+run once for every such case when the module first steps a game, and a batched step looks the
+outcome up instead of evaluating the rule chain with a dozen `torch.where`s per game. The game
+state travels packed in one integer word per game (see `PackedGames`) beside the brick mask, so
+a step is about forty cheap tensor ops, and an auto-reset is one select per word. The readable
+`BreakoutState` (one tensor per field) is what `get_state`/`set_state` and `info.final_state`
+speak; the differential tests check every step against `minatar` itself.
 """
 
 from __future__ import annotations
@@ -117,104 +127,251 @@ def initial_state(start_right: torch.Tensor, last_action: torch.Tensor) -> Break
     )
 
 
-class _RuleTables(NamedTuple):
-    """Small lookup tables that step_game indexes (one copy per device, built on first use)."""
+# --- The rule, for one game --------------------------------------------------------------------
 
-    paddle_move: torch.Tensor  # action -> paddle column change: no-op 0, left -1, right +1
-    step_x: torch.Tensor  # ball direction code -> column change (see the module docstring)
-    step_y: torch.Tensor  # ball direction code -> row change
-    brick_bit: torch.Tensor  # cell 10 * row + column -> its bit in `bricks`, 0 outside rows 1-3
+STEP_X = (-1, 1, 1, -1)  # ball direction code -> column change
+STEP_Y = (-1, -1, 1, 1)  # ball direction code -> row change
+PADDLE_MOVE = (0, -1, 1)  # action -> paddle column change: no-op, left, right
+
+
+class RuleOutcome(NamedTuple):
+    """What one step does to one game's ball (`minatar_rule`'s answer)."""
+
+    ball_x: int
+    ball_y: int
+    ball_dir: int
+    target_x: int  # the cell the ball moved into before any bounce (where a broken brick was)
+    target_y: int
+    brick_broken: bool
+    strike_pass: bool
+    at_bottom: bool  # the ball reached the paddle row: an empty wall refills here
+    same_column_bounce: bool
+    adjacent_column_bounce: bool
+    lost: bool
+
+
+def minatar_rule(ball_x: int, ball_y: int, ball_dir: int, paddle_x: int, strike: bool,
+                 brick_ahead: bool) -> RuleOutcome:
+    """One step of MinAtar's `Breakout.act` for one game, after the paddle has moved.
+
+    The rules are MinAtar's if/elif chain in MinAtar's order. `brick_ahead` says whether a brick
+    stands in the cell the ball moves into (after the side-wall clamp): the caller, who holds the
+    bricks, looks it up, so that this function sees only the small part of the state.
+    """
+    new_x, new_y = ball_x + STEP_X[ball_dir], ball_y + STEP_Y[ball_dir]
+    breaks = strike_pass = at_bottom = same_column = adjacent_column = lost = False
+
+    # Side walls: stay in the grid, mirror left/right. Not part of the chain: the rules below
+    # still apply in the same step (a corner bounce mirrors both ways).
+    if not 0 <= new_x <= GRID - 1:
+        new_x = min(max(new_x, 0), GRID - 1)
+        ball_dir ^= 1
+    target_x, target_y = new_x, max(new_y, 0)
+
+    if new_y < 0:  # the top wall
+        new_y = 0
+        ball_dir ^= 3
+    elif brick_ahead:
+        # Without `strike` the brick breaks, pays 1 and the ball bounces back to its old row;
+        # with `strike` (the previous step also entered a brick) the ball passes into the brick,
+        # which stays, and pays nothing.
+        if strike:
+            strike_pass = True
+        else:
+            breaks = True
+            new_y = ball_y
+            ball_dir ^= 3
+    elif new_y == PADDLE_ROW:
+        # The paddle bounces the ball if it is under the ball's *old* column (straight back up,
+        # same side) or under its new one (reversed), else the ball is lost.
+        at_bottom = True
+        if ball_x == paddle_x:
+            same_column = True
+            ball_dir ^= 3
+            new_y = ball_y
+        elif new_x == paddle_x:
+            adjacent_column = True
+            ball_dir ^= 2
+            new_y = ball_y
+        else:
+            lost = True
+    return RuleOutcome(new_x, new_y, ball_dir, target_x, target_y, breaks, strike_pass, at_bottom,
+                       same_column, adjacent_column, lost)
+
+
+# --- The packed state ---------------------------------------------------------------------------
+#
+# One int64 word per game holds everything but the bricks, in fields of these bits:
+#
+#     0-6 ball cell (10 * row + column)   7-8 direction   9-12 paddle column   13 strike
+#     14-20 trail cell (the ball's cell one step ago)    21-22 last executed action
+#
+# Bits 0-8 (ball and direction) decide where the ball goes; bits 0-13 with the action and
+# "brick ahead" decide the whole step: those are the two table indices.
+
+BALL_SHIFT, DIR_SHIFT, PADDLE_SHIFT, STRIKE_SHIFT, TRAIL_SHIFT, ACTION_SHIFT = 0, 7, 9, 13, 14, 21
+BALL_DIR_BITS = 9
+KINEMATIC_BITS = 14
+GAME_BITS = 23
+# A row-9 ball (only ever in a lost game's final state) moving down reaches row 10: cell 109 still
+# fits the 7-bit field, as the rule says (no bricks or paddle there) though MinAtar never steps it.
+NUM_BALL_CELLS = (GRID + 1) * GRID
+
+
+class PackedGames(NamedTuple):
+    """Every game's state as two int64 (N,) tensors: the game word above and the brick mask."""
+
+    game: torch.Tensor
+    bricks: torch.Tensor
+
+
+def pack(state: BreakoutState) -> PackedGames:
+    """`BreakoutState` -> `PackedGames` (checks every field's range: packing must not wrap)."""
+    ranges = dict(ball_x=GRID, ball_y=GRID, ball_dir=4, last_x=GRID, last_y=GRID, paddle_x=GRID,
+                  bricks=ALL_BRICKS + 1, strike=2, last_action=NUM_ACTIONS)
+    for name, value in state._asdict().items():
+        if value.numel() and not bool(((value >= 0) & (value < ranges[name])).all()):
+            raise ValueError(f"state.{name} holds values outside [0, {ranges[name] - 1}]")
+    game = ((state.ball_y * GRID + state.ball_x) << BALL_SHIFT
+            | state.ball_dir << DIR_SHIFT
+            | state.paddle_x << PADDLE_SHIFT
+            | state.strike.long() << STRIKE_SHIFT
+            | (state.last_y * GRID + state.last_x) << TRAIL_SHIFT
+            | state.last_action << ACTION_SHIFT)
+    return PackedGames(game, state.bricks.long())
+
+
+def unpack(packed: PackedGames) -> BreakoutState:
+    """`PackedGames` -> `BreakoutState` (int64 fields, a bool `strike`)."""
+    game = packed.game
+
+    def field(shift, bits):
+        return (game >> shift) & ((1 << bits) - 1)
+
+    ball, trail = field(BALL_SHIFT, 7), field(TRAIL_SHIFT, 7)
+    return BreakoutState(
+        ball_x=ball % GRID,
+        ball_y=ball // GRID,
+        ball_dir=field(DIR_SHIFT, 2),
+        last_x=trail % GRID,
+        last_y=trail // GRID,
+        paddle_x=field(PADDLE_SHIFT, 4),
+        bricks=packed.bricks.long(),
+        strike=field(STRIKE_SHIFT, 1).bool(),
+        last_action=field(ACTION_SHIFT, 2),
+    )
+
+
+# Outcome flags, stored above the game word in each entry of the outcome table.
+BROKEN_SHIFT = GAME_BITS
+BROKEN_FLAG, STRIKE_PASS_FLAG, AT_BOTTOM_FLAG, SAME_COLUMN_FLAG, ADJACENT_COLUMN_FLAG, LOST_FLAG = (
+    1 << (BROKEN_SHIFT + i) for i in range(6))
+
+
+class _RuleTables(NamedTuple):
+    """`minatar_rule` tabulated (one copy per device, built on first use)."""
+
+    target_bit: torch.Tensor  # int64 [ball|dir]: the brick bit of the cell the ball moves into, 0 if none
+    target_obs_cell: torch.Tensor  # int64 [ball|dir]: that cell in the brick channel of a frame (0..399)
+    outcome: torch.Tensor  # int64 [(kinematic * 3 + action) * 2 + brick_ahead]: next game word | flags
 
 
 @functools.lru_cache(maxsize=None)
 def _rule_tables(device: torch.device) -> _RuleTables:
-    def table(values):
-        return torch.tensor(values, dtype=torch.int64, device=device)
-
-    # Rows 0-10: a ball already lost in row 9 (a terminal state, which MinAtar never steps) would
-    # move on to row 10, where there are no bricks either.
-    brick_bit = [0] * ((GRID + 1) * GRID)
-    for bit in range(NUM_BRICK_CELLS):
-        brick_bit[FIRST_BRICK_ROW * GRID + bit] = 1 << bit
+    target_bit = [0] * (1 << BALL_DIR_BITS)
+    target_obs_cell = [3 * GRID * GRID] * (1 << BALL_DIR_BITS)
+    outcome = [0] * ((1 << KINEMATIC_BITS) * NUM_ACTIONS * 2)
+    for ball in range(NUM_BALL_CELLS):
+        ball_y, ball_x = divmod(ball, GRID)
+        for ball_dir in range(4):
+            where = ball | ball_dir << DIR_SHIFT
+            probe = minatar_rule(ball_x, ball_y, ball_dir, paddle_x=-1, strike=False, brick_ahead=False)
+            if FIRST_BRICK_ROW <= probe.target_y < FIRST_BRICK_ROW + NUM_BRICK_ROWS:
+                target_bit[where] = 1 << ((probe.target_y - FIRST_BRICK_ROW) * GRID + probe.target_x)
+            if probe.target_y < GRID:  # a row-10 target holds no brick: any cell takes the 0 added there
+                target_obs_cell[where] = 3 * GRID * GRID + probe.target_y * GRID + probe.target_x
+            for paddle_x in range(GRID):
+                for strike in (0, 1):
+                    kinematic = where | paddle_x << PADDLE_SHIFT | strike << STRIKE_SHIFT
+                    for action in range(NUM_ACTIONS):
+                        # The paddle moves first, so the bounce test sees where it is *after* the move.
+                        moved = min(max(paddle_x + PADDLE_MOVE[action], 0), GRID - 1)
+                        for brick_ahead in (0, 1):
+                            o = minatar_rule(ball_x, ball_y, ball_dir, moved, bool(strike), bool(brick_ahead))
+                            word = ((o.ball_y * GRID + o.ball_x) << BALL_SHIFT
+                                    | o.ball_dir << DIR_SHIFT
+                                    | moved << PADDLE_SHIFT
+                                    # MinAtar sets `strike` on a break, keeps it on a pass-through and
+                                    # clears it on every step that enters no brick.
+                                    | brick_ahead << STRIKE_SHIFT
+                                    | ball << TRAIL_SHIFT
+                                    | action << ACTION_SHIFT)
+                            flags = (o.brick_broken * BROKEN_FLAG | o.strike_pass * STRIKE_PASS_FLAG
+                                     | o.at_bottom * AT_BOTTOM_FLAG | o.same_column_bounce * SAME_COLUMN_FLAG
+                                     | o.adjacent_column_bounce * ADJACENT_COLUMN_FLAG | o.lost * LOST_FLAG)
+                            outcome[(kinematic * NUM_ACTIONS + action) * 2 + brick_ahead] = word | flags
     return _RuleTables(
-        paddle_move=table([0, -1, 1]),
-        step_x=table([-1, 1, 1, -1]),
-        step_y=table([-1, -1, 1, 1]),
-        brick_bit=table(brick_bit),
+        target_bit=torch.tensor(target_bit, dtype=torch.int64, device=device),
+        target_obs_cell=torch.tensor(target_obs_cell, dtype=torch.int64, device=device),
+        outcome=torch.tensor(outcome, dtype=torch.int64, device=device),
     )
+
+
+class PackedStep(NamedTuple):
+    """What `step_packed` returns: the next state, and what the step did, per game."""
+
+    games: PackedGames
+    reward: torch.Tensor  # float32 (N,)
+    terminated: torch.Tensor  # bool (N,): the ball was lost
+    refill: torch.Tensor  # bool (N,): the ball reached the bottom row with no bricks left
+    outcome: torch.Tensor  # int64 (N,): the outcome table entry (the flags of `StepEvents`)
+    ball_dir_index: torch.Tensor  # int64 (N,): bits 0-8 of the old game word, the target-cell index
+
+
+def step_packed(games: PackedGames, action: torch.Tensor) -> PackedStep:
+    """One MinAtar Breakout step for every game, on packed state: no sticky actions, no reset.
+
+    `action` (int64 (N,)) is the executed action: 0 no-op, 1 left, 2 right.
+    """
+    game, bricks = games
+    rules = _rule_tables(game.device)
+    # int64 throughout, the dtype of Python's integer constants: mixing dtypes costs a conversion per op.
+    ball_dir_index = game & ((1 << BALL_DIR_BITS) - 1)
+    target_bit = rules.target_bit.index_select(0, ball_dir_index)
+    brick_ahead = (bricks & target_bit).clamp_(max=1)  # 0 or 1
+    kinematic = game & ((1 << KINEMATIC_BITS) - 1)
+    index = torch.add(brick_ahead, torch.add(action, kinematic, alpha=NUM_ACTIONS), alpha=2)
+    outcome = rules.outcome.index_select(0, index)
+
+    # A broken brick is removed; then an empty wall refills when the ball reaches the bottom row
+    # (lost or not): the order of MinAtar's chain.
+    broken = (outcome >> BROKEN_SHIFT) & 1
+    bricks = bricks ^ (target_bit * broken)
+    refill = ((outcome & AT_BOTTOM_FLAG) != 0) & (bricks == 0)
+    bricks = bricks.masked_fill(refill, ALL_BRICKS)
+    next_games = PackedGames(outcome & ((1 << GAME_BITS) - 1), bricks)
+    return PackedStep(next_games, broken.float(), (outcome & LOST_FLAG) != 0, refill, outcome, ball_dir_index)
+
+
+def events_of(outcome: torch.Tensor, refill: torch.Tensor) -> StepEvents:
+    """The `StepEvents` of a step from its outcome-table entries."""
+    def flag(bit):
+        return (outcome & bit) != 0
+
+    return StepEvents(flag(BROKEN_FLAG), flag(STRIKE_PASS_FLAG), refill, flag(SAME_COLUMN_FLAG),
+                      flag(ADJACENT_COLUMN_FLAG))
 
 
 def step_game(state: BreakoutState, action: torch.Tensor):
-    """One MinAtar Breakout step for every game: no sticky actions, no reset.
+    """One MinAtar Breakout step for every game of a `BreakoutState`: no sticky actions, no reset.
 
-    `action` (int64 (N,)) is the executed action: 0 no-op, 1 left, 2 right. Returns
+    `action` (int (N,)) is the executed action: 0 no-op, 1 left, 2 right. Returns
     `(next_state, reward, terminated, events, target_cell)`, where `target_cell` is the cell
     `10 * row + column` the ball moved into before any bounce (where a broken brick was).
-    The rules are MinAtar's if/elif chain; each `elif` below holds only where no earlier rule did.
     """
-    ball_x, ball_y, ball_dir, _, _, paddle_x, bricks, strike, _ = state
-    rules = _rule_tables(ball_x.device)
-
-    # The paddle moves first, so the bounce test below sees where it is *after* the move.
-    paddle_x = (paddle_x + rules.paddle_move.index_select(0, action)).clamp_(0, GRID - 1)
-
-    # The ball moves one cell diagonally.
-    new_x = ball_x + rules.step_x.index_select(0, ball_dir)
-    new_y = ball_y + rules.step_y.index_select(0, ball_dir)
-
-    # Side walls: stay in the grid, mirror left/right (`dir ^ 1`). Not part of the chain: the
-    # rules below still apply in the same step (a corner bounce mirrors both ways).
-    inside_x = new_x.clamp(0, GRID - 1)
-    hit_side = inside_x != new_x
-    new_x = inside_x
-    ball_dir = ball_dir ^ hit_side
-
-    # if: the top wall.
-    hit_top = new_y < 0
-    new_y = new_y.clamp_(min=0)
-    target_cell = torch.add(new_x, new_y, alpha=GRID)
-
-    # elif: a brick where the ball lands (never with hit_top: row 0 holds no bricks). Without
-    # `strike` it breaks, pays 1 and the ball bounces back to its old row; with `strike` (set
-    # because the previous step also entered a brick) the ball passes into the brick, which
-    # stays, and pays nothing.
-    brick = rules.brick_bit.index_select(0, target_cell)
-    brick_ahead = (bricks & brick) != 0
-    breaks = brick_ahead & ~strike
-    strike_pass = brick_ahead & strike
-    bricks = torch.where(breaks, bricks ^ brick, bricks)
-
-    # elif: the bottom row (no brick can be in the way there). An empty wall refills first; then
-    # the paddle bounces the ball if it is under the ball's *old* column (straight back up) or
-    # under its new one (reversed), else the ball is lost.
-    at_bottom = new_y == PADDLE_ROW
-    refill = at_bottom & (bricks == 0)
-    bricks = torch.where(refill, ALL_BRICKS, bricks)
-    same_column = at_bottom & (ball_x == paddle_x)
-    adjacent_column = at_bottom & ~same_column & (new_x == paddle_x)
-    terminated = at_bottom & ~(same_column | adjacent_column)
-
-    # The top wall, a broken brick and a same-column paddle mirror up/down; the adjacent-column
-    # paddle reverses both. Every bounce but the top wall's puts the ball back in its old row.
-    ball_dir = torch.where(hit_top | breaks | same_column, ball_dir ^ 3, ball_dir)
-    ball_dir = torch.where(adjacent_column, ball_dir ^ 2, ball_dir)
-    new_y = torch.where(breaks | same_column | adjacent_column, ball_y, new_y)
-
-    next_state = BreakoutState(
-        ball_x=new_x,
-        ball_y=new_y,
-        ball_dir=ball_dir,
-        last_x=ball_x,
-        last_y=ball_y,
-        paddle_x=paddle_x,
-        bricks=bricks,
-        # MinAtar sets `strike` on a break, keeps it on a pass-through, and clears it on every
-        # step that enters no brick: together, strike = "the ball entered a brick this step".
-        strike=brick_ahead,
-        last_action=action,
-    )
-    events = StepEvents(breaks, strike_pass, refill, same_column, adjacent_column)
-    return next_state, breaks.float(), terminated, events, target_cell
+    step = step_packed(pack(state), action.long())
+    target_cell = _rule_tables(state.ball_x.device).target_obs_cell.index_select(0, step.ball_dir_index) - 3 * GRID * GRID
+    return unpack(step.games), step.reward, step.terminated, events_of(step.outcome, step.refill), target_cell
 
 
 def render(state: BreakoutState) -> torch.Tensor:
@@ -239,25 +396,36 @@ def _object_cells(state: BreakoutState) -> torch.Tensor:
     )
 
 
-@dataclass
 class StepInfo:
-    """Per-step extras as full-batch tensors; read the episode fields only where `done` is set."""
+    """Per-step extras as full-batch tensors; read the episode fields only where `done` is set.
 
-    executed_action: torch.Tensor  # int64 (N,), the action actually played after sticky actions
-    done: torch.Tensor  # bool (N,), terminated | truncated: these games were reset after this step
-    episode_return: torch.Tensor  # float32 (N,), return of the episode that just ended
-    episode_length: torch.Tensor  # int64 (N,), its length in steps
-    episode_refills: torch.Tensor  # int64 (N,), how many times its bricks were refilled
-    final_state: BreakoutState  # the game state before auto-reset (the current one where not done)
-    events: StepEvents
+    `final_state`, `final_obs` and `events` are computed on first access from what the step kept,
+    so loops that never look pay nothing.
+    """
+
+    def __init__(self, executed_action, done, episode_return, episode_length, episode_refills, final_games,
+                 outcome, refill):
+        self.executed_action = executed_action  # int64 (N,), the action actually played after sticky actions
+        self.done = done  # bool (N,), terminated | truncated: these games were reset after this step
+        self.episode_return = episode_return  # float32 (N,), return of the episode that just ended
+        self.episode_length = episode_length  # int64 (N,), its length in steps
+        self.episode_refills = episode_refills  # int64 (N,), how many times its bricks were refilled
+        self.final_games = final_games  # PackedGames before auto-reset (the current state where not done)
+        self._outcome, self._refill = outcome, refill
+
+    @cached_property
+    def final_state(self) -> BreakoutState:
+        """The game state before auto-reset (the current one where not done)."""
+        return unpack(self.final_games)
 
     @cached_property
     def final_obs(self) -> torch.Tensor:
-        """The observation before auto-reset: the last frame of each episode that ended.
-
-        Rendered from `final_state` on first access, so loops that never look pay nothing.
-        """
+        """The observation before auto-reset: the last frame of each episode that ended."""
         return render(self.final_state)
+
+    @cached_property
+    def events(self) -> StepEvents:
+        return events_of(self._outcome, self._refill)
 
 
 class BatchedBreakout:
@@ -289,27 +457,46 @@ class BatchedBreakout:
         self.max_episode_steps = max_episode_steps
         self.generator = torch.Generator(self.device).manual_seed(seed)
         zeros = torch.zeros(n, dtype=torch.int64, device=self.device)
-        self.state = initial_state(self._random_sides(), last_action=zeros)
+        self.games = pack(initial_state(self._random_sides(), last_action=zeros))
         self.episode_return = torch.zeros(n, device=self.device)
         self.episode_length = zeros.clone()
         self.episode_refills = zeros.clone()
+        # Fresh games differ only in the start side: word = left start + side * (right - left).
+        left, right = (pack(initial_state(torch.tensor([side], device=self.device), zeros[:1])).game
+                       for side in (False, True))
+        self._fresh_left, self._fresh_step = int(left), int(right - left)
 
         self._obs = torch.zeros(n, NUM_CHANNELS, GRID, GRID, device=self.device)
         # Each step adds +1 or -1 to a few cells of each game's frame (cells numbered 0..399 in
         # channel, row, column order), all in one scatter that visits each frame once. Columns
         # 0-2 and 3-5 of `_cells` hold the paddle, ball and trail cells: one triple the cells lit
         # now, which get -1, the other the new ones, which get +1 (a cell that stays lit gets
-        # both); the triples swap roles every step. Column 6 is a broken brick's cell, which gets
-        # -1; games that broke none add 0 to their new paddle cell instead.
+        # both); the triples swap roles every step. Column 6 is the brick cell the ball moved
+        # into, which gets -1 if the brick broke and 0 if not.
         self._cells = torch.zeros(n, 7, dtype=torch.int64, device=self.device)
         self._cell_values = torch.tensor(  # [k]: the values when the new cells are columns 3k..3k+2
             [[1.0, 1.0, 1.0, -1.0, -1.0, -1.0, 0.0], [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 0.0]], device=self.device
         ).unsqueeze(1).repeat(1, n, 1)
         self._lit_column = 0
-        # Brick rows 1-3 (cells 310-339) of every frame, two float32 cells per int64 word.
+        # Paddle, ball and trail: their field's shift and mask in the game word, and the first
+        # cell of their channel in a frame.
+        self._object_fields = (
+            torch.tensor([PADDLE_SHIFT, BALL_SHIFT, TRAIL_SHIFT], dtype=torch.int64, device=self.device),
+            torch.tensor([15, 127, 127], dtype=torch.int64, device=self.device),
+            torch.tensor([PADDLE_ROW * GRID, GRID * GRID, 2 * GRID * GRID], dtype=torch.int64, device=self.device),
+        )
+        # Brick rows 1-3 (cells 310-339) of every frame, two float32 cells per int64 word, and what
+        # to OR into them: the bits of two 1.0s, or nothing.
+        self._brick_fill_words = (torch.tensor(_TWO_ONES, device=self.device),
+                                  torch.tensor(0, device=self.device))
         words = self._obs.view(n, -1).view(torch.int64)
         self._brick_row_words = words[:, _BRICK_ROWS_CELL // 2 : (_BRICK_ROWS_CELL + NUM_BRICK_CELLS) // 2]
         self._render_obs()
+
+    @property
+    def state(self) -> BreakoutState:
+        """Every game's state, one tensor per field (unpacked on each read)."""
+        return unpack(self.games)
 
     def _random_sides(self):
         u = torch.rand(self.num_envs, generator=self.generator, device=self.device)
@@ -317,7 +504,7 @@ class BatchedBreakout:
 
     def reset(self) -> torch.Tensor:
         """Start a new episode in every game; returns the first observations."""
-        self.state = initial_state(self._random_sides(), self.state.last_action)
+        self.games = pack(initial_state(self._random_sides(), self.state.last_action))
         self.episode_return.zero_()
         self.episode_length.zero_()
         self.episode_refills.zero_()
@@ -335,75 +522,75 @@ class BatchedBreakout:
         # One draw of 31 random bits per game serves both random choices, from disjoint bits so
         # that they are independent: bits 0-29 are a uniform integer below 2**30 that decides the
         # sticky action, bit 30 the start side should the episode end in this step.
-        bits = torch.empty(self.num_envs, dtype=torch.int32, device=self.device).random_(generator=self.generator)
+        bits = torch.empty(self.num_envs, dtype=torch.int64, device=self.device)
+        bits.random_(0, 1 << 31, generator=self.generator)
         if self.sticky_action_prob > 0:
             sticky = (bits & _STICKY_BITS) < round(self.sticky_action_prob * (_STICKY_BITS + 1))
-            executed = torch.where(sticky, self.state.last_action, actions)
+            executed = torch.where(sticky, self.games.game >> ACTION_SHIFT, actions)
         else:
             executed = actions
-        final_state, reward, terminated, events, target_cell = step_game(self.state, executed)
+        step = step_packed(self.games, executed)
 
-        episode_return = self.episode_return + reward
+        episode_return = self.episode_return + step.reward
         episode_length = self.episode_length + 1
-        episode_refills = self.episode_refills + events.refill
+        episode_refills = self.episode_refills + step.refill
+        terminated = step.terminated
         if self.max_episode_steps is None:
             truncated = torch.zeros_like(terminated)
         else:
             truncated = ~terminated & (episode_length >= self.max_episode_steps)
         done = terminated | truncated
 
-        start_right = bits >> 30
-        self.state = _reset_where(done, start_right, final_state)
-        self.episode_return = torch.where(done, 0.0, episode_return)
-        self.episode_length = torch.where(done, 0, episode_length)
-        self.episode_refills = torch.where(done, 0, episode_refills)
-        self._update_obs(events.brick_broken, target_cell, events.refill | done)
+        # Auto-reset: a fresh game keeps only the sticky last action (MinAtar's reset leaves it).
+        game, bricks = step.games
+        fresh = (bits >> 30).mul_(self._fresh_step).add_(self._fresh_left).bitwise_or_(game & _ACTION_FIELD)
+        self.games = PackedGames(torch.where(done, fresh, game), bricks.masked_fill(done, ALL_BRICKS))
+        self.episode_return = episode_return.masked_fill(done, 0.0)
+        self.episode_length = episode_length.masked_fill(done, 0)
+        self.episode_refills = episode_refills.masked_fill(done, 0)
+        self._update_obs(step, step.refill | done)
 
-        info = StepInfo(
-            executed_action=executed,
-            done=done,
-            episode_return=episode_return,
-            episode_length=episode_length,
-            episode_refills=episode_refills,
-            final_state=final_state,
-            events=events,
-        )
-        return self._obs, reward, terminated, truncated, info
+        info = StepInfo(executed, done, episode_return, episode_length, episode_refills, step.games,
+                        step.outcome, step.refill)
+        return self._obs, step.reward, terminated, truncated, info
 
-    def _update_obs(self, brick_broken, target_cell, bricks_filled):
-        """Bring the observation buffer to `self.state` by writing only the cells that change."""
-        state, cells = self.state, self._cells
+    def _update_obs(self, step: PackedStep, bricks_filled):
+        """Bring the observation buffer to `self.games` by writing only the cells that change."""
+        cells = self._cells
         new = 3 - self._lit_column  # the triple of `_cells` that the cells lit from now on go in
-        torch.add(state.paddle_x, PADDLE_ROW * GRID, out=cells[:, new])
-        torch.add(state.ball_x, state.ball_y, alpha=GRID, out=cells[:, new + 1]).add_(1 * GRID * GRID)
-        torch.add(state.last_x, state.last_y, alpha=GRID, out=cells[:, new + 2]).add_(2 * GRID * GRID)
-        torch.where(brick_broken, target_cell + 3 * GRID * GRID, cells[:, new], out=cells[:, 6])
+        # Paddle, ball and trail cells of each frame from the game word, in one broadcast.
+        shifts, masks, offsets = self._object_fields
+        torch.add((self.games.game.unsqueeze(1) >> shifts) & masks, offsets, out=cells[:, new : new + 3])
+        rules = _rule_tables(self.device)
+        torch.index_select(rules.target_obs_cell, 0, step.ball_dir_index, out=cells[:, 6])
         values = self._cell_values[new // 3]
-        torch.mul(brick_broken, -1.0, out=values[:, 6])
+        torch.neg(step.reward, out=values[:, 6])  # the reward is 1 exactly where a brick broke
         self._obs.view(self.num_envs, -1).scatter_add_(1, cells, values)
         self._lit_column = new
         # Refilled and freshly reset games get full brick rows. OR-ing the bits of two float32
         # 1.0s into a word sets both its cells to 1.0 whether they held 0.0 or 1.0, and OR-ing
         # in 0 changes nothing: one pass over every game, with no branch.
-        self._brick_row_words.bitwise_or_(torch.where(bricks_filled, _TWO_ONES, 0).unsqueeze(1))
+        two_ones, zero = self._brick_fill_words
+        self._brick_row_words.bitwise_or_(torch.where(bricks_filled, two_ones, zero).unsqueeze(1))
 
     def _render_obs(self) -> torch.Tensor:
-        """Draw the whole observation from `self.state` (after a reset or `set_state`)."""
-        self._obs.copy_(render(self.state))
+        """Draw the whole observation from the games' state (after a reset or `set_state`)."""
+        state = self.state
+        self._obs.copy_(render(state))
         lit = self._lit_column
-        self._cells[:, lit : lit + 3] = _object_cells(self.state)
+        self._cells[:, lit : lit + 3] = _object_cells(state)
         return self._obs
 
     def get_state(self) -> BreakoutState:
         """A copy of every game's state."""
-        return self.state.clone()
+        return self.state
 
     def set_state(self, state: BreakoutState) -> torch.Tensor:
         """Replace every game's state (episode counters are kept); returns the observation."""
         for name, value in zip(BreakoutState._fields, state):
             if tuple(value.shape) != (self.num_envs,):
                 raise ValueError(f"state.{name} has shape {tuple(value.shape)}, expected ({self.num_envs},)")
-        self.state = state.to(self.device).clone()
+        self.games = pack(state.to(self.device))
         return self._render_obs()
 
     def observe(self) -> torch.Tensor:
@@ -413,25 +600,5 @@ class BatchedBreakout:
 
 _BRICK_ROWS_CELL = 3 * GRID * GRID + FIRST_BRICK_ROW * GRID  # first cell of brick rows 1-3 in a frame
 _TWO_ONES = torch.tensor([1.0, 1.0]).view(torch.int64).item()  # two float32 1.0s as one int64 word
-_STICKY_BITS = (1 << 30) - 1  # bits 0-29 of a random_ int32 draw
-
-
-def _reset_where(done: torch.Tensor, start_right: torch.Tensor, state: BreakoutState) -> BreakoutState:
-    """`initial_state(start_right, state.last_action)` where `done`, `state` elsewhere.
-
-    The same as a `torch.where` over every field, but cheaper: only the ball's column and
-    direction depend on the start side (`start_right` is 0 or 1 here, so that they are arithmetic
-    rather than a select on a random mask); the other fields of a fresh game are constants.
-    """
-    ball_x = torch.where(done, start_right * (GRID - 1), state.ball_x)
-    return BreakoutState(
-        ball_x=ball_x,
-        ball_y=torch.where(done, START_ROW, state.ball_y),
-        ball_dir=torch.where(done, start_right + 2, state.ball_dir),  # 2 down-right, 3 down-left
-        last_x=torch.where(done, ball_x, state.last_x),
-        last_y=torch.where(done, START_ROW, state.last_y),
-        paddle_x=torch.where(done, START_PADDLE_X, state.paddle_x),
-        bricks=torch.where(done, ALL_BRICKS, state.bricks),
-        strike=state.strike & ~done,
-        last_action=state.last_action,
-    )
+_STICKY_BITS = (1 << 30) - 1  # bits 0-29 of a 31-bit random draw
+_ACTION_FIELD = 3 << ACTION_SHIFT

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from breakout_ppo.config import Config
-from breakout_ppo.env import BatchedBreakout, BreakoutState, render
+from breakout_ppo.env import BatchedBreakout, PackedGames, render, unpack
 
 
 class Rollout(NamedTuple):
@@ -65,7 +65,7 @@ def collect_rollout(model, env: BatchedBreakout, obs: torch.Tensor, config: Conf
     rewards = torch.empty((T, N), device=device)
     terminated = torch.empty((T, N), dtype=torch.bool, device=device)
     truncated = torch.empty((T, N), dtype=torch.bool, device=device)
-    final_states = []  # only kept when episodes can be truncated
+    final_games = []  # only kept when episodes can be truncated
     count = torch.zeros((), device=device)
     return_sum = torch.zeros((), device=device)
     length_sum = torch.zeros((), device=device)
@@ -79,20 +79,20 @@ def collect_rollout(model, env: BatchedBreakout, obs: torch.Tensor, config: Conf
         values[t] = value
         obs, rewards[t], terminated[t], truncated[t], info = env.step(action)
         if env.max_episode_steps is not None:
-            final_states.append(info.final_state)
+            final_games.append(info.final_games)
         done = info.done.float()
         count += done.sum()
         return_sum += (info.episode_return * done).sum()
         length_sum += (info.episode_length * done).sum()
 
     truncation_values = torch.zeros((T, N), device=device)
-    if final_states:
+    if final_games:
         # One host sync per rollout, not per step: find the truncated steps, value their last frames.
         where = truncated.nonzero(as_tuple=True)
         if where[0].numel():
-            stacked = BreakoutState(*(torch.stack(field) for field in zip(*final_states)))
-            cut = BreakoutState(*(field[where] for field in stacked))
-            truncation_values[where] = model(render(cut))[1]
+            stacked = PackedGames(*(torch.stack(field) for field in zip(*final_games)))
+            cut = PackedGames(*(field[where] for field in stacked))
+            truncation_values[where] = model(render(unpack(cut)))[1]
     last_value = model(obs)[1]
     rollout = Rollout(obs_buf, actions, logprobs, values, rewards, terminated, truncated,
                       truncation_values, last_value)
