@@ -262,25 +262,37 @@ def unpack(packed: PackedGames) -> BreakoutState:
     )
 
 
-# Outcome flags, stored above the game word in each entry of the outcome table.
-BROKEN_SHIFT = GAME_BITS
-BROKEN_FLAG, STRIKE_PASS_FLAG, AT_BOTTOM_FLAG, SAME_COLUMN_FLAG, ADJACENT_COLUMN_FLAG, LOST_FLAG = (
-    1 << (BROKEN_SHIFT + i) for i in range(6))
+# Event flags of a step, one bit each, as the table keeps them for `StepEvents`.
+BROKEN_FLAG, STRIKE_PASS_FLAG, SAME_COLUMN_FLAG, ADJACENT_COLUMN_FLAG = 1, 2, 4, 8
 
 
 class _RuleTables(NamedTuple):
-    """`minatar_rule` tabulated (one copy per device, built on first use)."""
+    """`minatar_rule` tabulated (one copy per device, built on first use).
 
-    target_bit: torch.Tensor  # int64 [ball|dir]: the brick bit of the cell the ball moves into, 0 if none
-    target_obs_cell: torch.Tensor  # int64 [ball|dir]: that cell in the brick channel of a frame (0..399)
-    outcome: torch.Tensor  # int64 [(kinematic * 3 + action) * 2 + brick_ahead]: next game word | flags
+    Indexed by bits 0-8 of the game word (ball cell and direction), where the ball is going:
+    `target_bit`, `target_obs_cell`. Indexed by the step index `(kinematic * 3 + action) * 2 +
+    brick_ahead`, what the step does: the rest but `fresh_game`, indexed by `side * 3 + action`.
+    One table per quantity, so that each is one lookup in the step rather than a lookup and an
+    unpacking.
+    """
+
+    target_bit: torch.Tensor  # int64: the brick bit of the cell the ball moves into, 0 if none
+    target_obs_cell: torch.Tensor  # int64: that cell in the brick channel of a frame (300..399)
+    next_game: torch.Tensor  # int64: the game word after the step
+    brick_cleared: torch.Tensor  # int64: the brick bit the step breaks, 0 if none
+    reward: torch.Tensor  # float32
+    lost: torch.Tensor  # bool
+    at_bottom: torch.Tensor  # bool: the ball reached the paddle row (an empty wall refills here)
+    event_flags: torch.Tensor  # int64: the flags above
+    fresh_game: torch.Tensor  # int64: MinAtar's start state on side 0 (left) or 1, sticky action kept
 
 
 @functools.lru_cache(maxsize=None)
 def _rule_tables(device: torch.device) -> _RuleTables:
     target_bit = [0] * (1 << BALL_DIR_BITS)
     target_obs_cell = [3 * GRID * GRID] * (1 << BALL_DIR_BITS)
-    outcome = [0] * ((1 << KINEMATIC_BITS) * NUM_ACTIONS * 2)
+    size = (1 << KINEMATIC_BITS) * NUM_ACTIONS * 2
+    next_game, brick_cleared, reward, lost, at_bottom, event_flags = ([0] * size for _ in range(6))
     for ball in range(NUM_BALL_CELLS):
         ball_y, ball_x = divmod(ball, GRID)
         for ball_dir in range(4):
@@ -298,23 +310,30 @@ def _rule_tables(device: torch.device) -> _RuleTables:
                         moved = min(max(paddle_x + PADDLE_MOVE[action], 0), GRID - 1)
                         for brick_ahead in (0, 1):
                             o = minatar_rule(ball_x, ball_y, ball_dir, moved, bool(strike), bool(brick_ahead))
-                            word = ((o.ball_y * GRID + o.ball_x) << BALL_SHIFT
-                                    | o.ball_dir << DIR_SHIFT
-                                    | moved << PADDLE_SHIFT
-                                    # MinAtar sets `strike` on a break, keeps it on a pass-through and
-                                    # clears it on every step that enters no brick.
-                                    | brick_ahead << STRIKE_SHIFT
-                                    | ball << TRAIL_SHIFT
-                                    | action << ACTION_SHIFT)
-                            flags = (o.brick_broken * BROKEN_FLAG | o.strike_pass * STRIKE_PASS_FLAG
-                                     | o.at_bottom * AT_BOTTOM_FLAG | o.same_column_bounce * SAME_COLUMN_FLAG
-                                     | o.adjacent_column_bounce * ADJACENT_COLUMN_FLAG | o.lost * LOST_FLAG)
-                            outcome[(kinematic * NUM_ACTIONS + action) * 2 + brick_ahead] = word | flags
-    return _RuleTables(
-        target_bit=torch.tensor(target_bit, dtype=torch.int64, device=device),
-        target_obs_cell=torch.tensor(target_obs_cell, dtype=torch.int64, device=device),
-        outcome=torch.tensor(outcome, dtype=torch.int64, device=device),
-    )
+                            i = (kinematic * NUM_ACTIONS + action) * 2 + brick_ahead
+                            next_game[i] = ((o.ball_y * GRID + o.ball_x) << BALL_SHIFT
+                                            | o.ball_dir << DIR_SHIFT
+                                            | moved << PADDLE_SHIFT
+                                            # MinAtar sets `strike` on a break, keeps it on a
+                                            # pass-through and clears it on every step that
+                                            # enters no brick.
+                                            | brick_ahead << STRIKE_SHIFT
+                                            | ball << TRAIL_SHIFT
+                                            | action << ACTION_SHIFT)
+                            brick_cleared[i] = target_bit[where] if o.brick_broken else 0
+                            reward[i], lost[i], at_bottom[i] = float(o.brick_broken), o.lost, o.at_bottom
+                            event_flags[i] = (o.brick_broken * BROKEN_FLAG | o.strike_pass * STRIKE_PASS_FLAG
+                                              | o.same_column_bounce * SAME_COLUMN_FLAG
+                                              | o.adjacent_column_bounce * ADJACENT_COLUMN_FLAG)
+    fresh_game = [int(pack(initial_state(torch.tensor([bool(side)]), torch.tensor([action]))).game)
+                  for side in (0, 1) for action in range(NUM_ACTIONS)]
+
+    def table(values, dtype=torch.int64):
+        return torch.tensor(values, dtype=dtype, device=device)
+
+    return _RuleTables(table(target_bit), table(target_obs_cell), table(next_game), table(brick_cleared),
+                       table(reward, torch.float32), table(lost, torch.bool), table(at_bottom, torch.bool),
+                       table(event_flags), table(fresh_game))
 
 
 class PackedStep(NamedTuple):
@@ -324,7 +343,7 @@ class PackedStep(NamedTuple):
     reward: torch.Tensor  # float32 (N,)
     terminated: torch.Tensor  # bool (N,): the ball was lost
     refill: torch.Tensor  # bool (N,): the ball reached the bottom row with no bricks left
-    outcome: torch.Tensor  # int64 (N,): the outcome table entry (the flags of `StepEvents`)
+    index: torch.Tensor  # int64 (N,): the step index into the outcome tables
     ball_dir_index: torch.Tensor  # int64 (N,): bits 0-8 of the old game word, the target-cell index
 
 
@@ -337,26 +356,26 @@ def step_packed(games: PackedGames, action: torch.Tensor) -> PackedStep:
     rules = _rule_tables(game.device)
     # int64 throughout, the dtype of Python's integer constants: mixing dtypes costs a conversion per op.
     ball_dir_index = game & ((1 << BALL_DIR_BITS) - 1)
-    target_bit = rules.target_bit.index_select(0, ball_dir_index)
-    brick_ahead = (bricks & target_bit).clamp_(max=1)  # 0 or 1
+    brick_ahead = (bricks & rules.target_bit.index_select(0, ball_dir_index)).clamp_(max=1)  # 0 or 1
     kinematic = game & ((1 << KINEMATIC_BITS) - 1)
     index = torch.add(brick_ahead, torch.add(action, kinematic, alpha=NUM_ACTIONS), alpha=2)
-    outcome = rules.outcome.index_select(0, index)
 
     # A broken brick is removed; then an empty wall refills when the ball reaches the bottom row
     # (lost or not): the order of MinAtar's chain.
-    broken = (outcome >> BROKEN_SHIFT) & 1
-    bricks = bricks ^ (target_bit * broken)
-    refill = ((outcome & AT_BOTTOM_FLAG) != 0) & (bricks == 0)
-    bricks = bricks.masked_fill(refill, ALL_BRICKS)
-    next_games = PackedGames(outcome & ((1 << GAME_BITS) - 1), bricks)
-    return PackedStep(next_games, broken.float(), (outcome & LOST_FLAG) != 0, refill, outcome, ball_dir_index)
+    bricks = bricks ^ rules.brick_cleared.index_select(0, index)
+    refill = rules.at_bottom.index_select(0, index) & (bricks == 0)
+    bricks = torch.where(refill, ALL_BRICKS, bricks)
+    return PackedStep(PackedGames(rules.next_game.index_select(0, index), bricks),
+                      rules.reward.index_select(0, index), rules.lost.index_select(0, index), refill, index,
+                      ball_dir_index)
 
 
-def events_of(outcome: torch.Tensor, refill: torch.Tensor) -> StepEvents:
-    """The `StepEvents` of a step from its outcome-table entries."""
+def events_of(index: torch.Tensor, refill: torch.Tensor) -> StepEvents:
+    """The `StepEvents` of a step from its step index."""
+    flags = _rule_tables(index.device).event_flags.index_select(0, index)
+
     def flag(bit):
-        return (outcome & bit) != 0
+        return (flags & bit) != 0
 
     return StepEvents(flag(BROKEN_FLAG), flag(STRIKE_PASS_FLAG), refill, flag(SAME_COLUMN_FLAG),
                       flag(ADJACENT_COLUMN_FLAG))
@@ -371,7 +390,7 @@ def step_game(state: BreakoutState, action: torch.Tensor):
     """
     step = step_packed(pack(state), action.long())
     target_cell = _rule_tables(state.ball_x.device).target_obs_cell.index_select(0, step.ball_dir_index) - 3 * GRID * GRID
-    return unpack(step.games), step.reward, step.terminated, events_of(step.outcome, step.refill), target_cell
+    return unpack(step.games), step.reward, step.terminated, events_of(step.index, step.refill), target_cell
 
 
 def render(state: BreakoutState) -> torch.Tensor:
@@ -404,14 +423,14 @@ class StepInfo:
     """
 
     def __init__(self, executed_action, done, episode_return, episode_length, episode_refills, final_games,
-                 outcome, refill):
+                 step_index, refill):
         self.executed_action = executed_action  # int64 (N,), the action actually played after sticky actions
         self.done = done  # bool (N,), terminated | truncated: these games were reset after this step
         self.episode_return = episode_return  # float32 (N,), return of the episode that just ended
         self.episode_length = episode_length  # int64 (N,), its length in steps
         self.episode_refills = episode_refills  # int64 (N,), how many times its bricks were refilled
         self.final_games = final_games  # PackedGames before auto-reset (the current state where not done)
-        self._outcome, self._refill = outcome, refill
+        self._step_index, self._refill = step_index, refill
 
     @cached_property
     def final_state(self) -> BreakoutState:
@@ -425,7 +444,7 @@ class StepInfo:
 
     @cached_property
     def events(self) -> StepEvents:
-        return events_of(self._outcome, self._refill)
+        return events_of(self._step_index, self._refill)
 
 
 class BatchedBreakout:
@@ -461,11 +480,6 @@ class BatchedBreakout:
         self.episode_return = torch.zeros(n, device=self.device)
         self.episode_length = zeros.clone()
         self.episode_refills = zeros.clone()
-        # Fresh games differ only in the start side: word = left start + side * (right - left).
-        left, right = (pack(initial_state(torch.tensor([side], device=self.device), zeros[:1])).game
-                       for side in (False, True))
-        self._fresh_left, self._fresh_step = int(left), int(right - left)
-
         self._obs = torch.zeros(n, NUM_CHANNELS, GRID, GRID, device=self.device)
         # Each step adds +1 or -1 to a few cells of each game's frame (cells numbered 0..399 in
         # channel, row, column order), all in one scatter that visits each frame once. Columns
@@ -519,13 +533,14 @@ class BatchedBreakout:
         index out of range.
         """
         actions = actions.to(device=self.device, dtype=torch.int64)
-        # One draw of 31 random bits per game serves both random choices, from disjoint bits so
-        # that they are independent: bits 0-29 are a uniform integer below 2**30 that decides the
-        # sticky action, bit 30 the start side should the episode end in this step.
-        bits = torch.empty(self.num_envs, dtype=torch.int64, device=self.device)
-        bits.random_(0, 1 << 31, generator=self.generator)
+        # One uniform draw below 2**31 per game serves both random choices: the action is sticky
+        # when the draw is below an even threshold, and the start side (should the episode end in
+        # this step) is the draw's lowest bit. Each side of an even threshold holds as many odd
+        # draws as even ones, so the two choices are independent.
+        draw = torch.empty(self.num_envs, dtype=torch.int64, device=self.device)
+        draw.random_(0, 1 << 31, generator=self.generator)
         if self.sticky_action_prob > 0:
-            sticky = (bits & _STICKY_BITS) < round(self.sticky_action_prob * (_STICKY_BITS + 1))
+            sticky = draw < 2 * round(self.sticky_action_prob * (1 << 30))
             executed = torch.where(sticky, self.games.game >> ACTION_SHIFT, actions)
         else:
             executed = actions
@@ -536,22 +551,23 @@ class BatchedBreakout:
         episode_refills = self.episode_refills + step.refill
         terminated = step.terminated
         if self.max_episode_steps is None:
-            truncated = torch.zeros_like(terminated)
+            done, truncated = terminated, torch.zeros_like(terminated)
         else:
-            truncated = ~terminated & (episode_length >= self.max_episode_steps)
-        done = terminated | truncated
+            done = terminated | (episode_length >= self.max_episode_steps)
+            truncated = done ^ terminated  # ended, but not lost
 
         # Auto-reset: a fresh game keeps only the sticky last action (MinAtar's reset leaves it).
         game, bricks = step.games
-        fresh = (bits >> 30).mul_(self._fresh_step).add_(self._fresh_left).bitwise_or_(game & _ACTION_FIELD)
-        self.games = PackedGames(torch.where(done, fresh, game), bricks.masked_fill(done, ALL_BRICKS))
-        self.episode_return = episode_return.masked_fill(done, 0.0)
-        self.episode_length = episode_length.masked_fill(done, 0)
-        self.episode_refills = episode_refills.masked_fill(done, 0)
+        side = draw & 1
+        fresh = _rule_tables(self.device).fresh_game.index_select(0, torch.add(executed, side, alpha=NUM_ACTIONS))
+        self.games = PackedGames(torch.where(done, fresh, game), torch.where(done, ALL_BRICKS, bricks))
+        self.episode_return = torch.where(done, 0.0, episode_return)
+        self.episode_length = torch.where(done, 0, episode_length)
+        self.episode_refills = torch.where(done, 0, episode_refills)
         self._update_obs(step, step.refill | done)
 
         info = StepInfo(executed, done, episode_return, episode_length, episode_refills, step.games,
-                        step.outcome, step.refill)
+                        step.index, step.refill)
         return self._obs, step.reward, terminated, truncated, info
 
     def _update_obs(self, step: PackedStep, bricks_filled):
@@ -600,5 +616,3 @@ class BatchedBreakout:
 
 _BRICK_ROWS_CELL = 3 * GRID * GRID + FIRST_BRICK_ROW * GRID  # first cell of brick rows 1-3 in a frame
 _TWO_ONES = torch.tensor([1.0, 1.0]).view(torch.int64).item()  # two float32 1.0s as one int64 word
-_STICKY_BITS = (1 << 30) - 1  # bits 0-29 of a 31-bit random draw
-_ACTION_FIELD = 3 << ACTION_SHIFT
