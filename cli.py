@@ -52,6 +52,13 @@ class OptionalInt(click.ParamType):
             self.fail(f"{value!r} is not an integer or 'none'", param, ctx)
 
 
+def field_value_type(field: dataclasses.Field) -> click.ParamType:
+    """The click type of one value of a Config field."""
+    if field.type == "int | None":
+        return OptionalInt()
+    return {"bool": click.BOOL, "int": click.INT, "float": click.FLOAT, "str": click.STRING}[field.type]
+
+
 def config_options(command):
     """One flag per Config field (`learning_rate` -> `--learning-rate`), help from its docstring."""
     docs = field_docs()
@@ -59,11 +66,8 @@ def config_options(command):
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":
             option = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=docs.get(f.name))
-        elif f.type == "int | None":
-            option = click.option(flag, f.name, type=OptionalInt(), default=None, help=docs.get(f.name))
         else:
-            kind = {"int": int, "float": float, "str": str}[f.type]
-            option = click.option(flag, f.name, type=kind, default=None, help=docs.get(f.name))
+            option = click.option(flag, f.name, type=field_value_type(f), default=None, help=docs.get(f.name))
         command = option(command)
     return command
 
@@ -239,11 +243,85 @@ def inspect(checkpoint, episodes, out_dir, seed, max_video_steps, tensorboard, d
     click.echo(f"failure heatmap: {h['episodes']} episodes, mean return {h['mean_return']:.2f}, "
                f"{h['losses']} lost the ball, {h['truncated']} reached the step cap")
     click.echo(f"update code: {result.entropy_check}")
+    fired = len(result.diagnosis.fired)
+    click.echo(f"diagnosis: {fired} of {len(result.diagnosis.findings)} findings fired (!! marks them)")
+    for line in result.diagnosis.to_lines():
+        click.echo(f"  {line}")
     click.echo(f"files in {result.out_dir}:")
     for name, path in result.files.items():
         click.echo(f"  {name:14} {Path(path).name}")
     if result.tensorboard_dir:
         click.echo(f"TensorBoard: tensorboard --logdir {result.tensorboard_dir} (tags inspect/...)")
+
+
+def require_checkpoint(path: Path) -> None:
+    """A checkpoint that cannot be loaded is a one-line error, before any work starts."""
+    from breakout_ppo.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        load_checkpoint(path)
+    except CheckpointError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--inspect", "inspect_first", is_flag=True,
+              help="First inspect the run's checkpoint.pt into <run>/inspect/, so the page shows the agent as it is.")
+@click.option("--episodes", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="With --inspect: episodes for the failure heatmap.")
+@device_option
+def report(path, inspect_first, episodes, device):
+    """One self-contained HTML page to share: of a run (runs/<run>: learning curves and its latest
+    inspection), or of an inspection directory (rebuilt from its files)."""
+    from instruments.report import ReportError, check_run_dir, write_inspection_report, write_run_report
+
+    try:
+        if (path / "summary.json").is_file() and not inspect_first:
+            page = write_inspection_report(path)
+        else:
+            check_run_dir(path)
+            if inspect_first:
+                from instruments.inspect import inspect_agent
+
+                checkpoint = path / "checkpoint.pt"
+                require_checkpoint(checkpoint)
+                click.echo(f"inspecting {checkpoint}: {episodes} episodes", err=True)
+                inspect_agent(checkpoint, path / "inspect", episodes=episodes, device=resolve_device(device),
+                              tensorboard_dir=path)
+            page = write_run_report(path)
+    except ReportError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"report: {page} ({page.stat().st_size / 1e6:.1f} MB, self-contained: open it in a browser)")
+
+
+@cli.command()
+@click.argument("checkpoint_a", type=click.Path(path_type=Path))
+@click.argument("checkpoint_b", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where everything goes (default: runs/compare-<A>-vs-<B>).")
+@click.option("--episodes", type=click.IntRange(min=2), default=1000, show_default=True,
+              help="Episodes per agent, for its evaluation and for its failure heatmap.")
+@click.option("--seed", type=int, default=12345, show_default=True,
+              help="Seed of the evaluation episodes, the same for both agents.")
+@device_option
+def compare(checkpoint_a, checkpoint_b, out_dir, episodes, seed, device):
+    """Before and after: two agents side by side (returns, failures, saliency, diagnosis), in the
+    terminal, TensorBoard and one HTML page, with the differences that matter called out."""
+    for checkpoint in (checkpoint_a, checkpoint_b):
+        require_checkpoint(checkpoint)
+    from instruments.compare import compare_agents, summary_lines
+    from instruments.report import checkpoint_label
+
+    device = resolve_device(device)
+    if out_dir is None:
+        out_dir = DEFAULT_LOGDIR / f"compare-{checkpoint_label(checkpoint_a)}-vs-{checkpoint_label(checkpoint_b)}"
+    click.echo(f"comparing on {device}: {episodes} episodes per agent, into {out_dir}", err=True)
+    comparison = compare_agents(checkpoint_a, checkpoint_b, out_dir, episodes=episodes, device=device, seed=seed)
+    for line in summary_lines(comparison):
+        click.echo(line)
+    click.echo(f"page: {comparison.files['report']}")
+    click.echo(f"TensorBoard: tensorboard --logdir {out_dir} (tags compare/...)")
 
 
 if __name__ == "__main__":

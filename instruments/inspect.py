@@ -4,7 +4,8 @@ One function, `inspect_agent`, in the order a researcher reads the results:
     1. one episode replayed step by step -> rollout video, contact sheet, value and policy traces
     2. gradient saliency of the chosen action and of the value -> per-frame maps and their mean
     3. the failure heatmap over many episodes -> where the ball and paddle were before each loss
-    4. all of it into the run's TensorBoard directory under `inspect/`, and a summary
+    4. the diagnosis: named findings (value stuck, entropy collapse, ...) measured on fresh play
+    5. all of it into the run's TensorBoard directory under `inspect/`, and a summary
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ import torch
 
 from breakout_ppo.checkpoint import load_agent, load_checkpoint
 from breakout_ppo.env import ACTION_NAMES
+from breakout_ppo.evaluate import EvalResult
 from breakout_ppo.preflight import check_entropy_term
+from instruments.diagnose import Diagnosis, diagnose
 from instruments.heatmap import failure_heatmap, policy_from_model, save_heatmap_png
+from instruments.report import write_inspection_report
 from instruments.saliency import gradient_saliency, reduce_channels
 from instruments.traces import Trace, record_episode
 from instruments.video import iter_frames, write_contact_sheet, write_video
@@ -35,6 +39,7 @@ class Inspection:
     heatmap_summary: dict
     entropy_check: str
     tensorboard_dir: Path | None
+    diagnosis: Diagnosis | None = None
 
 
 def write_trace_files(trace: Trace, out_dir: Path) -> tuple[Path, Path]:
@@ -145,25 +150,36 @@ def inspect_agent(checkpoint, out_dir, episodes: int = 1000, device="cpu", seed:
     files["heatmap"] = save_heatmap_png(heatmap, out_dir / "failure_heatmap.png")
     # The checkpoint cannot show a dead entropy term; probing the update code that made it can.
     entropy_check = check_entropy_term(config)
+
+    # 4. The diagnosis, from a fresh rollout of the agent, the heatmap and the preflight's probe.
+    diagnosis = diagnose(model, config, heatmap, seed=seed, device=device, entropy_check=entropy_check)
+    (out_dir / "diagnosis.json").write_text(json.dumps(diagnosis.to_dict(), indent=2) + "\n")
+    files["diagnosis"] = out_dir / "diagnosis.json"
     summary = {
         "checkpoint": str(checkpoint),
         "entropy_term": {"passed": entropy_check.passed, "finding": str(entropy_check)},
         "global_step": global_step,
         "episode": {"return": float(trace.rewards.sum()), "length": len(trace)},
         "heatmap": heatmap.summary(),
+        # The heatmap episodes are an evaluation too: their mean return with a 95% CI, for the report.
+        "returns": EvalResult(heatmap.returns, heatmap.lengths, heatmap.truncated).summary(),
+        "config": config.to_dict(),
         "files": {k: str(v) for k, v in files.items()},
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     files["summary"] = out_dir / "summary.json"
 
-    # 4. The same into TensorBoard, beside the run's training curves.
+    # 5. The same into TensorBoard, beside the run's training curves.
     if tensorboard_dir is not None:
-        _log_to_tensorboard(Path(tensorboard_dir), global_step, trace, files, heatmap)
+        _log_to_tensorboard(Path(tensorboard_dir), global_step, trace, files, heatmap, diagnosis)
+    # Last, so the page holds every file above.
+    files["report"] = write_inspection_report(out_dir)
     return Inspection(out_dir, files, float(trace.rewards.sum()), len(trace), heatmap.summary(),
-                      str(entropy_check), Path(tensorboard_dir) if tensorboard_dir else None)
+                      str(entropy_check), Path(tensorboard_dir) if tensorboard_dir else None, diagnosis)
 
 
-def _log_to_tensorboard(log_dir: Path, step: int, trace: Trace, files: dict, heatmap) -> None:
+def _log_to_tensorboard(log_dir: Path, step: int, trace: Trace, files: dict, heatmap,
+                        diagnosis: Diagnosis) -> None:
     import cv2
 
     from instruments.tensorboard import TensorBoardSink
@@ -181,4 +197,5 @@ def _log_to_tensorboard(log_dir: Path, step: int, trace: Trace, files: dict, hea
         sink.histogram("inspect/value", trace.values, step)
         sink.histogram("inspect/action_saliency", trace.saliency, step)
         sink.text("inspect/summary", "\n".join(f"- **{k}**: {v}" for k, v in heatmap.summary().items()), step)
+        sink.text("inspect/diagnosis", diagnosis.to_markdown(), step)
 

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import cli
+from instruments.diagnose import FINDING_NAMES, Diagnosis
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,27 @@ def test_inspect_writes_every_instrument_and_logs_them(checkpoint, tmp_path):
     assert {"inspect/heatmap", "inspect/contact_sheet", "inspect/saliency_plot", "inspect/traces_plot",
             "inspect/rollout"} <= set(tags["images"])
     assert "inspect/episode_return" in tags["scalars"] and "inspect/value" in tags["histograms"]
+    text = events.Tensors("inspect/diagnosis/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert "findings fired" in text and "dead entropy term" in text
+
+
+def test_inspect_writes_and_prints_the_diagnosis(checkpoint, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli.cli, ["inspect", str(checkpoint), "--episodes", "24", "--out", str(out),
+                                          "--no-tensorboard"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "diagnosis.json").read_text(), parse_constant=pytest.fail)  # strict JSON
+    diagnosis = Diagnosis.from_dict(record)
+    assert [f.name for f in diagnosis.findings] == list(FINDING_NAMES)
+    assert json.loads((out / "summary.json").read_text())["files"]["diagnosis"] == str(out / "diagnosis.json")
+    # One line a finding: title, value, threshold, verdict, advice; a fired one marked "!!".
+    lines = {f.name: next(line for line in result.output.splitlines() if f" {f.title} " in line)
+             for f in diagnosis.findings}
+    for f in diagnosis.findings:
+        line = lines[f.name]
+        assert f"fires {f.comparison}" in line and f.advice in line
+        assert line.lstrip().startswith("!!") == f.fired and ("FIRED" in line) == f.fired
+    assert not diagnosis.findings[FINDING_NAMES.index("dead_entropy_term")].fired  # the real update
 
 
 def test_inspect_a_missing_checkpoint_is_a_clear_error(tmp_path):

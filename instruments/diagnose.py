@@ -1,0 +1,413 @@
+"""The diagnosis: what is wrong with an agent, as named findings with a figure and a threshold each.
+
+    diagnosis = diagnose(model, config, heatmap=heatmap)   # `heatmap` from instruments.heatmap
+    print(diagnosis.to_markdown())
+    json.dumps(diagnosis.to_dict())
+
+Every finding is measured, not guessed: most on a fresh batched rollout of the agent's own sampled
+play (`play_fresh_rollout`), the failure hot spots on the failure heatmap, the dead entropy term by
+running the code's real update step (`breakout_ppo.preflight`), since a checkpoint cannot show it.
+
+| name              | figure                                                     | fires when |
+|-------------------|------------------------------------------------------------|------------|
+| value_stuck       | std of V(s) / std of the discounted return, same frames    | < 0.3      |
+| entropy_collapse  | mean policy entropy / log 3 on the frames before a loss    | < 0.15     |
+| tunnel_vision     | cells holding 90% of the mean saliency / those of the ball | < 0.5      |
+| failure_hot_spots | effective number of loss columns (exp of their entropy)    | < 2.5      |
+| dead_entropy_term | largest parameter change from ent_coef 0 -> 0.1            | < 1e-6     |
+| dead_units        | share of ReLU units never positive on the rollout          | > 0.5      |
+
+The thresholds are module constants; each docstring says why that value. "Healthy" and "broken"
+there are the default preset, seed 1, 14M steps, trained as is (`python cli.py train`) and with
+the entropy term cut out of the optimised loss (`benchmarks/broken_agent.py`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from breakout_ppo import ppo
+from breakout_ppo.config import Config
+from breakout_ppo.env import GRID, NUM_ACTIONS, BatchedBreakout
+from breakout_ppo.preflight import EntropyCheck, check_entropy_term
+from instruments.heatmap import FailureHeatmap
+from instruments.hooks import Taps
+from instruments.saliency import gradient_saliency, reduce_channels
+
+# ---------------------------------------------------------------------------------------------
+# Thresholds
+
+VALUE_SPREAD_RATIO = 0.3
+"""value_stuck fires below this std(V) / std(G). A critic that tracks the return moves about as much
+as the return does (measured: healthy 0.81 and 0.95, broken 0.96 and 0.95, seeds 1 and 2); one
+that outputs the same value everywhere has ratio 0. Below 0.3 the value moves less than a third as
+much as the return it predicts, so even perfectly correlated it explains at most about half the
+return's variance (explained variance <= 2r - r^2 = 0.51); the details give the explained
+variance itself."""
+
+ENTROPY_FRACTION = 0.15
+"""entropy_collapse fires below this fraction of the maximum entropy (log 3 nats) on the frames
+just before a lost ball: there the agent is wrong, and a policy still certain of its action has
+stopped exploring where it most needs to. 0.15 of log 3 is a policy putting 97% on one action.
+Measured: healthy 0.29 and 0.35, broken 0.075 and 0.058 (seeds 1 and 2); 0.15 is halfway between
+0.075 and 0.29 on a log scale. Runs of 3M steps keep 0.21-0.27 even with ent_coef 0: the collapse
+takes the full schedule without the bonus."""
+
+SALIENCY_AREA_RATIO = 0.5
+"""tunnel_vision fires when the cells holding 90% of the mean saliency are fewer than half the cells
+holding 90% of the ball's visits. A policy that reads the frame looks at least where the ball goes
+(measured: 1.32-1.39 on healthy and broken agents: the MLP also watches bricks and paddle); one
+whose inputs reach a lane or a corner of the board (a diagonal lane is 10 cells) misses most of
+the ball's path."""
+
+LOSS_COLUMN_COUNT = 2.5
+"""failure_hot_spots fires when the effective number of columns the ball is lost in (exp of the
+entropy of the loss columns, 1..10) is below this: the losses then come from about two columns,
+one place the agent systematically misses (a paddle that cannot pass column 6: 1.45). Measured:
+healthy 6.4 and 4.1, broken 5.8 and 7.6 (seeds 1 and 2). A random policy scores 3.0, its losses on
+the two lanes the start geometry sends the first ball down: that much says nothing about the agent."""
+
+MIN_LOSSES = 20
+"""Fewer losses than this make the failure heatmap's entropy a small-sample figure: not judged."""
+
+DEAD_UNIT_SHARE = 0.5
+"""dead_units fires when more than half of all ReLU units are never positive on the rollout: the
+network then computes with less than half its width. Fewer are not yet a fault: the 14M-step
+agents have 1-4% (healthy 4 and 7 of 256, broken 2 and 9), but briefly trained ones (a few
+hundred thousand steps at the default step size) measured 12-31%: units silent on the early walls
+those agents reach, which wake again on the states that come later in training."""
+
+PRELOSS_FRAMES = 8
+"""Frames before a lost ball that count as "the agent failing", as in the failure heatmap."""
+
+RETURN_HORIZON = 256
+"""Rollout steps kept after the last frame whose discounted return is measured: 0.99^256 < 0.08,
+so the bootstrap from V at the rollout's end, which would flatter a stuck value, weighs little."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The record
+
+
+@dataclass(frozen=True)
+class Finding:
+    name: str
+    """One of FINDING_NAMES: "value_stuck", "entropy_collapse", ..."""
+    title: str
+    """Human words, e.g. "value stuck"."""
+    fired: bool
+    value: float
+    """The measured figure (NaN when it could not be measured: too few losses, no return spread)."""
+    threshold: float
+    comparison: str
+    """"<" or ">": the finding fires when `value <comparison> threshold`."""
+    advice: str
+    """One sentence: what to do about it."""
+    details: dict = field(default_factory=dict)
+    """JSON-able extra figures (top cells, per-layer counts, ...)."""
+
+    @property
+    def verdict(self) -> str:
+        if self.fired:
+            return "FIRED"
+        return "not judged" if math.isnan(self.value) else "ok"
+
+
+FINDING_NAMES = ("value_stuck", "entropy_collapse", "tunnel_vision", "failure_hot_spots", "dead_entropy_term",
+                 "dead_units")
+
+
+def _json_safe(x):
+    """NaN and infinities become None, so the file is strict JSON (browsers' JSON.parse included)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+@dataclass
+class Diagnosis:
+    findings: list[Finding]
+
+    @property
+    def fired(self) -> list[Finding]:
+        return [f for f in self.findings if f.fired]
+
+    def to_dict(self) -> dict:
+        """{"findings": [asdict(finding), ...]}, strict JSON: an unmeasured value is null."""
+        return {"findings": [_json_safe(asdict(f)) for f in self.findings]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Diagnosis":
+        findings = []
+        for f in d["findings"]:
+            f = dict(f)
+            f["value"] = math.nan if f["value"] is None else float(f["value"])
+            findings.append(Finding(**f))
+        return cls(findings)
+
+    def to_markdown(self) -> str:
+        """A table, fired findings first, for TensorBoard's text tab and the terminal."""
+        fired = len(self.fired)
+        lines = [f"**{fired} of {len(self.findings)} findings fired**", "",
+                 "| finding | value | threshold | verdict | advice |", "|---|---|---|---|---|"]
+        for f in sorted(self.findings, key=lambda f: not f.fired):
+            verdict = "**FIRED**" if f.fired else f.verdict
+            lines.append(f"| {f.title} | {format_value(f.value)} | {f.comparison} {format_value(f.threshold)} "
+                         f"| {verdict} | {f.advice} |")
+        return "\n".join(lines)
+
+    def to_lines(self) -> list[str]:
+        """One line a finding for the terminal: title, value, threshold, verdict, advice."""
+        titles = [f.title for f in self.findings]
+        rules = [f"(fires {f.comparison} {format_value(f.threshold)})" for f in self.findings]
+        title_width, rule_width = max(map(len, titles)), max(map(len, rules))
+        return [f"{'!!' if f.fired else '  '} {title:<{title_width}} {format_value(f.value):>8} {rule:<{rule_width}} "
+                f"{f.verdict + ':':<11} {f.advice}" for f, title, rule in zip(self.findings, titles, rules)]
+
+
+def format_value(x: float) -> str:
+    if math.isnan(x):
+        return "n/a"
+    return f"{x:.3g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The agent's own play
+
+
+@dataclass
+class FreshRollout:
+    """Frames of the agent's sampled play, flattened over (steps, envs), with what was measured."""
+
+    obs: torch.Tensor
+    """float32 (M, 4, 10, 10): every frame acted on."""
+    actions: torch.Tensor
+    """int64 (M,): the policy's chosen action."""
+    entropy: torch.Tensor
+    """float32 (M,): the policy's entropy on the frame, in nats."""
+    before_loss: torch.Tensor
+    """bool (M,): the ball is lost within PRELOSS_FRAMES steps of this frame."""
+    values: torch.Tensor
+    """float32 (K,): V(s) on the frames whose discounted return is measured (the first rows)."""
+    returns: torch.Tensor
+    """float32 (K,): their discounted return."""
+    losses: int
+    """Balls lost during the rollout."""
+
+
+@torch.no_grad()
+def play_fresh_rollout(model, config: Config, num_envs: int = 256, warmup_steps: int = 256, steps: int = 768,
+                       seed: int = 0, device="cpu") -> FreshRollout:
+    """Play `num_envs` games with the agent's sampled policy and keep what the findings need.
+
+    The first `warmup_steps` steps are played and dropped, so that the games are spread over
+    early and late walls rather than all just reset. Of the `steps` recorded, the first
+    `steps - RETURN_HORIZON` get a discounted return (gamma from the config, lambda 1, computed by
+    `ppo.compute_gae`, so truncation and loss are treated as in training).
+    """
+    if steps <= RETURN_HORIZON:
+        raise ValueError(f"steps must exceed the return horizon {RETURN_HORIZON}, got {steps}")
+    device = torch.device(device)
+    env = BatchedBreakout(num_envs, device=device, sticky_action_prob=config.sticky_action_prob,
+                          max_episode_steps=config.max_episode_steps, seed=seed)
+    generator = torch.Generator(device).manual_seed(seed)
+    obs = env.reset()
+    for _ in range(warmup_steps):
+        obs, *_ = env.step(ppo.sample_actions(model(obs)[0], generator))
+    rollout, _, _ = ppo.collect_rollout(model, env, obs, config.replace(num_steps=steps), generator)
+
+    # Steps until the ball is lost, per env, scanning backwards (a truncation ends the count).
+    before_loss = torch.zeros_like(rollout.terminated)
+    until_loss = torch.full((num_envs,), PRELOSS_FRAMES, device=device)
+    for t in reversed(range(steps)):
+        until_loss = torch.where(rollout.terminated[t], 0, torch.where(rollout.truncated[t], PRELOSS_FRAMES,
+                                                                         until_loss + 1))
+        before_loss[t] = until_loss < PRELOSS_FRAMES
+
+    _, returns = ppo.compute_gae(rollout, config.gamma, 1.0)
+    measured = steps - RETURN_HORIZON
+    obs = rollout.obs.flatten(0, 1)
+    entropy = torch.cat([policy_entropy(model(batch)[0]) for batch in obs.split(65536)])
+    return FreshRollout(obs=obs, actions=rollout.actions.flatten(), entropy=entropy,
+                        before_loss=before_loss.flatten(), values=rollout.values[:measured].flatten(),
+                        returns=returns[:measured].flatten(), losses=int(rollout.terminated.sum()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Measures
+
+
+def policy_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of each row's categorical distribution."""
+    log_probs = torch.log_softmax(logits, dim=-1)
+    return -(log_probs.exp() * log_probs).sum(-1)
+
+
+def cell_share(mass: np.ndarray, fraction: float = 0.9) -> float:
+    """Share of cells that, taken largest first, hold `fraction` of the total (0..1]."""
+    flat = np.sort(np.asarray(mass, dtype=np.float64).ravel())[::-1]
+    total = flat.sum()
+    if total <= 0:
+        return 0.0
+    needed = int(np.searchsorted(np.cumsum(flat), fraction * total) + 1)
+    return min(needed, flat.size) / flat.size
+
+
+def effective_count(counts: np.ndarray) -> float:
+    """exp(entropy) of a count distribution: how many equally likely outcomes it is worth."""
+    p = np.asarray(counts, dtype=np.float64).ravel()
+    p = p[p > 0] / p.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def top_cells(grid: np.ndarray, k: int = 5) -> list[dict]:
+    """The k largest cells of a (10, 10) grid, as [{"row", "column", "share"}] of the total."""
+    total = float(grid.sum()) or 1.0
+    order = np.argsort(grid.ravel())[::-1][:k]
+    return [{"row": int(i // GRID), "column": int(i % GRID), "share": round(float(grid.ravel()[i]) / total, 4)}
+            for i in order if grid.ravel()[i] > 0]
+
+
+def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
+    return float(ppo.explained_variance(predicted.double(), target.double()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Findings, one function each
+
+
+def value_stuck(rollout: FreshRollout) -> Finding:
+    """The value trace barely moves while the discounted return varies."""
+    return_std, value_std = float(rollout.returns.std()), float(rollout.values.std())
+    ratio = value_std / return_std if return_std > 1e-6 else math.nan  # no spread to track: not judged
+    return Finding(
+        name="value_stuck", title="value stuck", fired=ratio < VALUE_SPREAD_RATIO, value=ratio,
+        threshold=VALUE_SPREAD_RATIO, comparison="<",
+        advice="The critic ignores the state: check the value loss reaches the critic (vf_coef, value clipping, "
+               "the returns it regresses on) before tuning the policy.",
+        details={"value_std": value_std, "return_std": return_std,
+                 "explained_variance": explained_variance(rollout.values, rollout.returns),
+                 "frames": int(rollout.returns.numel())})
+
+
+def entropy_collapse(rollout: FreshRollout) -> Finding:
+    """The policy is near-deterministic on the frames where it is about to lose the ball."""
+    maximum = math.log(NUM_ACTIONS)
+    failing = rollout.entropy[rollout.before_loss]
+    fraction = float(failing.mean()) / maximum if failing.numel() else math.nan
+    return Finding(
+        name="entropy_collapse", title="entropy collapse", fired=fraction < ENTROPY_FRACTION, value=fraction,
+        threshold=ENTROPY_FRACTION, comparison="<",
+        advice="The policy is near-certain even where it still loses the ball, so it no longer explores there: "
+               "check the entropy bonus is optimised (dead entropy term), and raise ent_coef if returns stall.",
+        details={"entropy_before_loss_nats": float(failing.mean()) if failing.numel() else None,
+                 "entropy_all_frames_nats": float(rollout.entropy.mean()),
+                 "max_entropy_nats": maximum, "frames_before_loss": int(failing.numel()),
+                 "losses": rollout.losses})
+
+
+def tunnel_vision(model, rollout: FreshRollout, frames: int = 2048) -> Finding:
+    """Saliency concentrated on fewer cells than the ball actually travels through."""
+    index = torch.linspace(0, rollout.obs.shape[0] - 1, min(frames, rollout.obs.shape[0])).long()
+    obs = rollout.obs[index]
+    saliency = reduce_channels(gradient_saliency(model, obs, action=rollout.actions[index])).mean(0).cpu().numpy()
+    ball = obs[:, 1].mean(0).cpu().numpy()  # channel 1: where the ball is
+    looked_at, travelled = cell_share(saliency), cell_share(ball)
+    ratio = looked_at / travelled if travelled > 0 else math.nan
+    return Finding(
+        name="tunnel_vision", title="tunnel vision", fired=ratio < SALIENCY_AREA_RATIO, value=ratio,
+        threshold=SALIENCY_AREA_RATIO, comparison="<",
+        advice="The policy reads only a few cells of the frame: look at saliency_mean.png and check its "
+               "inputs (preprocessing, first layer) reach the whole board.",
+        details={"saliency_cell_share_90": looked_at, "ball_cell_share_90": travelled,
+                 "top_saliency_cells": top_cells(saliency), "frames": int(len(index))})
+
+
+def failure_hot_spots(heatmap: FailureHeatmap) -> Finding:
+    """The lost balls fall in few columns: one place the agent systematically misses."""
+    loss_columns = heatmap.ball_before_loss[0].sum(axis=0)  # frame age 0: the ball is in row 8
+    enough = heatmap.losses >= MIN_LOSSES
+    columns = effective_count(loss_columns) if enough else math.nan
+    path = heatmap.ball_before_loss.sum(axis=0)
+    return Finding(
+        name="failure_hot_spots", title="failure hot spots", fired=columns < LOSS_COLUMN_COUNT, value=columns,
+        threshold=LOSS_COLUMN_COUNT, comparison="<",
+        advice="Most balls are lost in the same place: read failure_heatmap.png for the lane that leads there "
+               "and train longer or on more of those states.",
+        details={"losses": heatmap.losses, "episodes": heatmap.episodes,
+                 "loss_column_counts": [int(c) for c in loss_columns],
+                 "top_cells_before_loss": top_cells(path),
+                 "effective_cells_before_loss": effective_count(path) if heatmap.losses else None})
+
+
+def dead_entropy_term(config: Config, check: EntropyCheck | None = None) -> Finding:
+    """The update's parameters do not depend on ent_coef: the train-time preflight as a finding
+    (`check` is its result when the caller has already run it)."""
+    check = check_entropy_term(config) if check is None else check
+    return Finding(
+        name="dead_entropy_term", title="dead entropy term", fired=not check.passed,
+        value=check.max_parameter_difference, threshold=check.threshold, comparison="<",
+        advice="The update computes the entropy bonus but does not optimise it, so every ent_coef has no "
+               "effect: make the optimised loss subtract ent_coef * entropy.",
+        details={"probe": str(check)})
+
+
+def relu_layers(model: nn.Module) -> list[str]:
+    return [name for name, module in model.named_modules() if isinstance(module, nn.ReLU)]
+
+
+@torch.no_grad()
+def dead_units(model, rollout: FreshRollout, batch_size: int = 16384) -> Finding:
+    """ReLU units that are never positive on any frame of the rollout (for a conv layer, a channel
+    that is never positive at any position)."""
+    layers = relu_layers(model)
+    with Taps(model, activations=layers, keep="stats") as taps:
+        for batch in rollout.obs.split(batch_size):
+            model(batch)
+    per_layer, dead_total, units_total = {}, 0, 0
+    for name in layers:
+        positive = taps.activation_stats[name].fraction_positive
+        alive = positive.flatten(1).amax(1) if positive.dim() > 1 else positive  # a channel: any position
+        dead = int((alive == 0).sum())
+        per_layer[name] = {"dead": dead, "units": int(alive.numel())}
+        dead_total, units_total = dead_total + dead, units_total + int(alive.numel())
+    share = dead_total / units_total if units_total else math.nan
+    return Finding(
+        name="dead_units", title="dead units", fired=share > DEAD_UNIT_SHARE, value=share,
+        threshold=DEAD_UNIT_SHARE, comparison=">",
+        advice="Many ReLU units never fire and no longer learn: lower the learning rate or max_grad_norm, "
+               "or re-initialise them.",
+        details={"layers": per_layer, "dead": dead_total, "units": units_total})
+
+
+# ---------------------------------------------------------------------------------------------
+# All of them
+
+
+def diagnose(model, config: Config, heatmap: FailureHeatmap, seed: int = 0, device="cpu",
+             rollout: FreshRollout | None = None, entropy_check: EntropyCheck | None = None) -> Diagnosis:
+    """Every finding for the agent `model` trained with `config`.
+
+    `heatmap` is the agent's failure heatmap (inspect has one already); `rollout` defaults to a
+    fresh `play_fresh_rollout` with `seed`; `entropy_check` to running the preflight on `config`.
+    The model is only called, never changed.
+    """
+    if rollout is None:
+        rollout = play_fresh_rollout(model, config, seed=seed, device=device)
+    return Diagnosis([
+        value_stuck(rollout),
+        entropy_collapse(rollout),
+        tunnel_vision(model, rollout),
+        failure_hot_spots(heatmap),
+        dead_entropy_term(config, entropy_check),
+        dead_units(model, rollout),
+    ])

@@ -1,0 +1,231 @@
+"""Each finding fires on an agent built to have its fault and stays silent on a healthy one.
+
+The healthy agent is a short real training run; every fault is made from it (or from the real
+update code) by one deliberate change: a zeroed value head, huge logits, a first layer that sees
+four cells, torso biases pushed far negative, a policy that cannot reach the right wall, the
+entropy term monkeypatched out of the optimised loss.
+"""
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+import breakout_ppo.ppo as ppo
+import breakout_ppo.train as training
+from breakout_ppo.checkpoint import load_agent
+from breakout_ppo.config import preset
+from breakout_ppo.env import GRID, NOOP, PADDLE_ROW, RIGHT
+from breakout_ppo.model import ActorCritic
+from breakout_ppo.preflight import EntropyCheck
+from instruments.diagnose import (
+    DEAD_UNIT_SHARE,
+    FINDING_NAMES,
+    Diagnosis,
+    Finding,
+    cell_share,
+    dead_entropy_term,
+    dead_units,
+    diagnose,
+    effective_count,
+    entropy_collapse,
+    failure_hot_spots,
+    play_fresh_rollout,
+    tunnel_vision,
+    value_stuck,
+)
+from instruments.heatmap import failure_heatmap, follow_ball_policy, policy_from_model
+
+# 40 updates of 512 games (about 12 s on a loaded core): long enough for the critic to track the
+# return and for the losses to leave the two lanes the start sends the first ball down.
+HEALTHY = preset("default", num_envs=512, total_steps=512 * 16 * 40, seed=1)
+
+
+@pytest.fixture(scope="module")
+def healthy(tmp_path_factory):
+    result = training.train(HEALTHY, tmp_path_factory.mktemp("healthy"))
+    model, _ = load_agent(result.last_checkpoint)
+    return model
+
+
+@pytest.fixture(scope="module")
+def healthy_rollout(healthy):
+    return small_rollout(healthy)
+
+
+def small_rollout(model, seed=0):
+    return play_fresh_rollout(model, HEALTHY, num_envs=128, warmup_steps=128, steps=512, seed=seed)
+
+
+def altered(model, change):
+    """A copy of `model` with `change(copy)` applied to its parameters, without autograd."""
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        change(broken)
+    return broken
+
+
+# ---------------------------------------------------------------------------------------------
+# Measures and the record
+
+
+def test_cell_share_counts_the_cells_holding_the_mass():
+    assert cell_share(torch.ones(10, 10).numpy()) == pytest.approx(0.9)
+    one_cell = torch.zeros(10, 10)
+    one_cell[3, 4] = 5.0
+    assert cell_share(one_cell.numpy()) == pytest.approx(0.01)
+    assert cell_share(torch.zeros(10, 10).numpy()) == 0.0
+
+
+def test_effective_count_is_the_number_of_equally_likely_outcomes():
+    assert effective_count([5, 5, 0, 5]) == pytest.approx(3.0)
+    assert effective_count([7, 0, 0]) == pytest.approx(1.0)
+
+
+def test_a_diagnosis_round_trips_through_strict_json():
+    findings = [Finding("value_stuck", "value stuck", True, 0.1, 0.3, "<", "Fix the critic.", {"ev": 0.01}),
+                Finding("failure_hot_spots", "failure hot spots", False, math.nan, 2.5, "<", "Look.", {"x": [1, 2]})]
+    diagnosis = Diagnosis(findings)
+    text = json.dumps(diagnosis.to_dict(), allow_nan=False)  # NaN would not be strict JSON
+    back = Diagnosis.from_dict(json.loads(text))
+    assert back.findings[0] == findings[0]
+    assert math.isnan(back.findings[1].value) and back.findings[1].verdict == "not judged"
+    markdown = diagnosis.to_markdown()
+    assert "1 of 2 findings fired" in markdown and "**FIRED**" in markdown
+    lines = diagnosis.to_lines()
+    assert lines[0].startswith("!!") and "FIRED" in lines[0] and "Fix the critic." in lines[0]
+    assert not lines[1].startswith("!!") and "n/a" in lines[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Each finding: silent on the healthy agent, fired on its fault
+
+
+@pytest.mark.slow
+def test_a_healthy_agent_gets_a_clean_bill(healthy, healthy_rollout):
+    heatmap = failure_heatmap(policy_from_model(healthy), episodes=256)
+    diagnosis = diagnose(healthy, HEALTHY, heatmap, rollout=healthy_rollout)
+    assert [f.name for f in diagnosis.findings] == list(FINDING_NAMES)
+    assert not diagnosis.fired, diagnosis.to_markdown()
+    for f in diagnosis.findings:  # `fired` is what the figure, the comparison and the threshold say
+        assert f.fired == (f.value < f.threshold if f.comparison == "<" else f.value > f.threshold), f
+    json.dumps(diagnosis.to_dict(), allow_nan=False)
+
+
+@pytest.mark.slow
+def test_value_stuck_fires_on_a_zeroed_value_head(healthy, healthy_rollout):
+    def zero_value_head(model):
+        model.critic.head.weight.zero_()
+
+    finding = value_stuck(small_rollout(altered(healthy, zero_value_head)))
+    assert finding.fired and finding.value < 1e-3  # the bias alone: constant up to rounding
+    assert finding.details["explained_variance"] < 0.1
+    assert not value_stuck(healthy_rollout).fired
+
+
+@pytest.mark.slow
+def test_entropy_collapse_fires_on_huge_logits(healthy, healthy_rollout):
+    def sharpen(model):
+        model.actor.head.weight.mul_(100.0)
+        model.actor.head.bias.mul_(100.0)
+
+    finding = entropy_collapse(small_rollout(altered(healthy, sharpen)))
+    assert finding.fired and finding.details["frames_before_loss"] > 0
+    assert not entropy_collapse(healthy_rollout).fired
+
+
+@pytest.mark.slow
+def test_tunnel_vision_fires_when_the_first_layer_sees_four_cells(healthy, healthy_rollout):
+    def blinker(model):
+        first = model.actor.torso[1].weight.view(-1, 4, GRID, GRID)  # (hidden, channel, row, column)
+        seen = torch.zeros(GRID, GRID, dtype=torch.bool)
+        seen[7:9, 4:6] = True
+        first.mul_(seen.float())
+
+    blinkered = altered(healthy, blinker)
+    finding = tunnel_vision(blinkered, small_rollout(blinkered))
+    assert finding.fired and finding.details["saliency_cell_share_90"] <= 0.04
+    assert {(c["row"], c["column"]) for c in finding.details["top_saliency_cells"]} <= {(7, 4), (7, 5), (8, 4), (8, 5)}
+    assert not tunnel_vision(healthy, healthy_rollout).fired
+
+
+@pytest.mark.slow
+def test_dead_units_fire_on_a_large_negative_bias(healthy, healthy_rollout):
+    def kill(model):
+        for tower in (model.actor, model.critic):
+            for linear in (tower.torso[1], tower.torso[3]):
+                linear.bias.sub_(100.0)
+
+    killed = altered(healthy, kill)
+    finding = dead_units(killed, small_rollout(killed))
+    assert finding.fired and finding.value == 1.0 > DEAD_UNIT_SHARE
+    assert finding.details["layers"]["actor.torso.2"] == {"dead": HEALTHY.hidden, "units": HEALTHY.hidden}
+    assert not dead_units(healthy, healthy_rollout).fired
+
+
+def test_dead_units_of_a_convolution_are_its_channels():
+    model = ActorCritic("cnn", 32)
+    with torch.no_grad():
+        model.actor.torso[0].bias.fill_(-100.0)
+    rollout = play_fresh_rollout(model, HEALTHY, num_envs=16, warmup_steps=0, steps=300)
+    layers = dead_units(model, rollout).details["layers"]
+    assert layers["actor.torso.1"] == {"dead": 16, "units": 16}  # 16 filters, each dead at every position
+    assert layers["critic.torso.1"]["units"] == 16 and layers["critic.torso.1"]["dead"] < 16
+
+
+def right_wall_blind(limit: int = 6):
+    """Intercepts the ball like `follow_ball_policy`, but never moves the paddle right of `limit`."""
+    follow = follow_ball_policy(intercept=True)
+
+    def policy(obs):
+        action = follow(obs)
+        paddle_column = obs[:, 0, PADDLE_ROW].argmax(dim=1)
+        return torch.where((action == RIGHT) & (paddle_column >= limit), NOOP, action)
+
+    return policy
+
+
+def test_failure_hot_spots_fire_on_a_policy_that_cannot_reach_the_right_wall():
+    heatmap = failure_heatmap(right_wall_blind(), episodes=128, max_episode_steps=2000)
+    finding = failure_hot_spots(heatmap)
+    assert finding.fired, finding.details
+    counts = finding.details["loss_column_counts"]
+    assert sum(counts[GRID // 2:]) >= 0.9 * sum(counts)  # lost on the right, past the paddle's reach
+    # A noisy player misses everywhere: no hot spot.
+    spread = failure_hot_spots(failure_heatmap(follow_ball_policy(noise=0.5), episodes=128, max_episode_steps=2000))
+    assert not spread.fired, spread.details
+
+
+def test_failure_hot_spots_are_not_judged_on_a_handful_of_losses():
+    finding = failure_hot_spots(failure_heatmap(right_wall_blind(), episodes=5, max_episode_steps=2000))
+    assert not finding.fired and finding.verdict == "not judged"
+
+
+def test_dead_entropy_term_fires_on_an_update_that_drops_the_bonus(monkeypatch):
+    config = preset("smoke")
+    assert not dead_entropy_term(config).fired
+    monkeypatch.setattr(ppo, "ppo_loss", loss_without_entropy(ppo.ppo_loss))
+    finding = dead_entropy_term(config)
+    assert finding.fired and finding.value == 0.0
+
+
+def loss_without_entropy(real_loss):
+    """The bug: the entropy bonus is computed and reported, not optimised."""
+    def loss(model, obs, actions, old_logprobs, old_values, advantages, returns, config):
+        return real_loss(model, obs, actions, old_logprobs, old_values, advantages, returns,
+                         config.replace(ent_coef=0.0))
+    return loss
+
+
+def test_a_run_trained_without_the_entropy_term_is_diagnosed(monkeypatch, tmp_path):
+    """The issue's demo in small: drop the bonus, bypass the preflight's veto, train, diagnose."""
+    monkeypatch.setattr(ppo, "ppo_loss", loss_without_entropy(ppo.ppo_loss))
+    monkeypatch.setattr(training, "check_entropy_term",
+                        lambda config: EntropyCheck(passed=True, max_parameter_difference=math.nan))
+    result = training.train(preset("smoke"), tmp_path / "broken")
+    model, saved = load_agent(result.last_checkpoint)
+    heatmap = failure_heatmap(policy_from_model(model), episodes=16)
+    diagnosis = diagnose(model, saved, heatmap, rollout=small_rollout(model))
+    assert "dead_entropy_term" in [f.name for f in diagnosis.fired]
