@@ -72,6 +72,35 @@ def config_options(command):
     return command
 
 
+class ValueList(click.ParamType):
+    """Comma-separated values of one config field (`0,0.01,0.1`), each checked by the field's type."""
+
+    def __init__(self, item_type: click.ParamType):
+        self.item_type = item_type
+        self.name = f"{item_type.name.upper()},..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        items = [item.strip() for item in str(value).split(",")]
+        if not all(items):
+            self.fail(f"empty value in {value!r}", param, ctx)
+        return tuple(self.item_type.convert(item, param, ctx) for item in items)
+
+
+SWEEP_FLAG_ALIASES = {"ent_coef": ["--entropy-coef"], "total_steps": ["--steps"]}
+
+
+def config_value_list_options(command):
+    """The sweep's flags: one per Config field as in `config_options`, each taking a comma list."""
+    docs = field_docs()
+    for f in reversed(dataclasses.fields(Config)):
+        flags = ["--" + f.name.replace("_", "-"), *SWEEP_FLAG_ALIASES.get(f.name, [])]
+        option = click.option(*flags, f.name, type=ValueList(field_value_type(f)), default=None, help=docs.get(f.name))
+        command = option(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="breakout-ppo")
 def cli():
@@ -252,6 +281,66 @@ def inspect(checkpoint, episodes, out_dir, seed, max_video_steps, tensorboard, d
         click.echo(f"  {name:14} {Path(path).name}")
     if result.tensorboard_dir:
         click.echo(f"TensorBoard: tensorboard --logdir {result.tensorboard_dir} (tags inspect/...)")
+
+
+@cli.command()
+@click.option("--name", default=None,
+              help="Directory under --logdir (default: sweep-<swept fields>, so the same command continues it).")
+@click.option("--preset", "preset_name", type=click.Choice(list(PRESETS)), default="default", show_default=True,
+              help="Starting point of every run's config; the flags below override it.")
+@click.option("--logdir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_LOGDIR,
+              show_default=True, help="Parent directory of the sweep.")
+@click.option("--seeds", "seed_count", type=click.IntRange(min=1), default=None,
+              help="Seeds 1..N per grid point [default: 3]; or pick them with --seed A,B,...")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Trainings at once, each a process with (cores // workers) threads.")
+@click.option("--eval-episodes", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Episodes of each run's final evaluation (sampled policy, sticky 0.1, 10,000-step cap).")
+@click.option("--dry-run", is_flag=True, help="List the runs and whether each would be skipped, resumed or started.")
+@device_option
+@config_value_list_options
+def sweep(name, preset_name, logdir, seed_count, workers, eval_episodes, dry_run, device, **values):
+    """Train a grid of configs x seeds, evaluate each run, and write a report.
+
+    Every config flag takes a comma list; several lists sweep their product
+    (`--ent-coef 0,0.01 --learning-rate 5e-3,2.5e-3` is 4 points), one value fixes the field. Runs
+    go to <logdir>/<name>/<field=value,...,seed=S>/, the report (Markdown and PNGs) to
+    <logdir>/<name>/report/. Run the same command again to skip complete runs and resume partial ones.
+    """
+    from breakout_ppo.sweep import SweepError, SweepInterrupted, SweepPlan, run_state, run_sweep
+    from breakout_ppo.sweep_report import write_report
+
+    values = {k: tuple(None if x == NO_LIMIT else x for x in v) for k, v in values.items() if v is not None}
+    seeds = values.pop("seed", None)
+    if seeds and seed_count:
+        raise click.UsageError("give --seeds N or --seed A,B,..., not both")
+    plan = SweepPlan(preset_name, values, seeds or tuple(range(1, (seed_count or 3) + 1)), eval_episodes)
+    try:
+        runs = plan.runs()
+    except (ValueError, TypeError) as error:
+        raise click.UsageError(str(error)) from None
+    sweep_dir = logdir / (name or "sweep-" + "-".join(plan.swept or ["seeds"]))
+    device = str(resolve_device(device))
+    try:
+        if dry_run:
+            for run in runs:
+                click.echo(f"{run_state(sweep_dir / run.name, run.config):9} {sweep_dir / run.name}")
+            return
+        click.echo(f"sweep {sweep_dir}: {len(runs)} runs of {runs[0].config.total_steps:,} steps, "
+                   f"{workers} at once on {device}")
+        outcome = run_sweep(plan, sweep_dir, workers=workers, device=device, echo=click.echo)
+    except SweepError as error:
+        raise click.ClickException(str(error)) from None
+    except SweepInterrupted as stopped:
+        click.echo(f"interrupted: {stopped}; run the same command again to resume", err=True)
+        sys.exit(130)
+    if len(outcome.failed) < len(runs):
+        report = write_report(sweep_dir)
+        click.echo(f"{report.headline}\nreport: {report.markdown}")
+    if outcome.failed:
+        name, reason = outcome.failed[0]
+        raise click.ClickException(f"{len(outcome.failed)} of {len(runs)} runs failed, e.g. {name}: {reason} "
+                                   f"(logs: {sweep_dir}/<run>/train.log)")
 
 
 def require_checkpoint(path: Path) -> None:

@@ -66,7 +66,10 @@ class RunWriter:
         from torch.utils.tensorboard.summary import hparams
 
         values = {k: (v if v is not None else "none") for k, v in config.to_dict().items()}
-        for summary in hparams(values, {"charts/episodic_return": 0.0}):
+        # eval/mean_return is written by a sweep's final evaluation (breakout_ppo/sweep.py); it is
+        # declared here because TensorBoard reads a run's HParams metrics from its first summary.
+        metrics = {"charts/episodic_return": 0.0, "eval/mean_return": 0.0}
+        for summary in hparams(values, metrics):
             self.tb.file_writer.add_summary(summary)
 
     def scalars(self, values: dict, step: int):

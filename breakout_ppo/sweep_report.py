@@ -1,0 +1,291 @@
+"""The report of a sweep: final return per grid point with its confidence over seeds, learning and
+entropy curves, and a Markdown summary that names the best point and says how sure that is.
+
+Everything is read back from disk (`sweep.json`, each run's `final_eval.json` and TensorBoard
+events), so a report can be written for a sweep that is still running or was interrupted: it
+covers the runs complete so far and says which are missing.
+
+Statistics are over seeds: a run's score is the mean return of its final evaluation, and a grid
+point's confidence interval is Student t over those per-seed scores. (The episodes within one
+evaluation vary far less than training does from seed to seed; their interval would flatter.)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from breakout_ppo.stats import mean_ci, welch
+from breakout_ppo.sweep import PLAN_FILE, SweepPlan, point_label, read_final_eval
+
+RETURN_TAG = "charts/episodic_return"
+ENTROPY_TAG = "losses/entropy"
+SIGNIFICANCE = 0.05
+
+
+# --- statistics --------------------------------------------------------------------------------
+
+# --- reading the runs back ---------------------------------------------------------------------
+
+def scalar_curve(run_dir, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of one scalar from a run's TensorBoard events, in step order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})  # 0: keep every point
+    events.Reload()
+    if tag not in events.Tags()["scalars"]:
+        return np.array([]), np.array([])
+    # A resumed run logs again the updates after its last checkpoint: the later value wins.
+    points = dict((e.step, e.value) for e in events.Scalars(tag))
+    steps = np.array(sorted(points))
+    return steps, np.array([points[s] for s in steps])
+
+
+@dataclass
+class PointResult:
+    point: tuple
+    seeds: list = field(default_factory=list)
+    """Seeds whose run is complete."""
+    returns: list = field(default_factory=list)
+    """Final evaluation mean return of each complete seed."""
+    curves: dict = field(default_factory=dict)
+    """tag -> [(steps, values) of each complete seed]."""
+
+    @property
+    def label(self) -> str:
+        return point_label(self.point)
+
+    @property
+    def mean_ci(self) -> tuple[float, float]:
+        return mean_ci(self.returns)
+
+
+def collect_results(sweep_dir) -> tuple[SweepPlan, list[PointResult], list[str]]:
+    """The plan, one PointResult per grid point (in grid order), and the names of incomplete runs."""
+    sweep_dir = Path(sweep_dir)
+    plan = SweepPlan.from_dict(json.loads((sweep_dir / PLAN_FILE).read_text()))
+    results = {point: PointResult(point) for point in plan.points()}
+    missing = []
+    for run in plan.runs():
+        result, run_dir = results[run.point], sweep_dir / run.name
+        final = read_final_eval(run_dir)
+        if final is None:  # its curves too are left out: a curve cut short would skew the mean
+            missing.append(run.name)
+            continue
+        result.seeds.append(run.config.seed)
+        result.returns.append(final["mean"])
+        for tag in (RETURN_TAG, ENTROPY_TAG):
+            steps, values = scalar_curve(run_dir, tag)
+            if len(steps):
+                result.curves.setdefault(tag, []).append((steps, values))
+    return plan, list(results.values()), missing
+
+
+# --- figures -----------------------------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colours(n: int):
+    from matplotlib import colormaps
+
+    return [colormaps["viridis"](x) for x in np.linspace(0.0, 0.9, max(n, 1))]
+
+
+def plot_final_returns(results: list[PointResult], title: str, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    x = np.arange(len(results))
+    for i, result in enumerate(results):
+        ax.scatter(np.full(len(result.returns), i), result.returns, color="grey", s=14, zorder=2,
+                   label="one seed" if i == 0 else None)
+        mean, ci = result.mean_ci
+        if result.returns:
+            ax.errorbar(i, mean, yerr=0 if math.isnan(ci) else ci, color="C3", marker="o", ms=6, capsize=5,
+                        lw=2, zorder=3, label="mean ± 95% CI over seeds" if i == 0 else None)
+    fields = {name for r in results for name, _ in r.point}
+    if len(fields) == 1:  # one swept field: its values on the axis, its name below
+        ax.set_xticks(x, [str(r.point[0][1]) for r in results])
+        ax.set_xlabel(fields.pop())
+    else:
+        ax.set_xticks(x, [r.label for r in results], rotation=20 if len(results) > 5 else 0, fontsize=8)
+    ax.set_ylabel("final evaluation return")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def mean_curve(curves: list) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over seeds at the steps every seed logged."""
+    common = set(curves[0][0].tolist())
+    for steps, _ in curves[1:]:
+        common &= set(steps.tolist())
+    steps = np.array(sorted(common))
+    values = [np.array([dict(zip(s.tolist(), v))[step] for step in steps]) for s, v in curves]
+    return steps, np.mean(values, axis=0)
+
+
+def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    if window <= 1 or len(values) < window:
+        return values
+    kernel = np.ones(window) / window
+    # Shorter windows at the ends instead of zero padding.
+    return np.convolve(values, kernel, mode="same") / np.convolve(np.ones(len(values)), kernel, mode="same")
+
+
+def plot_curves(results: list[PointResult], tag: str, ylabel: str, title: str, subtitle: str, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    window = 1
+    for result, colour in zip(results, _colours(len(results))):
+        curves = result.curves.get(tag)
+        if not curves:
+            continue
+        steps, values = mean_curve(curves)
+        window = max(1, len(steps) // 40)
+        seeds = f"{len(curves)} seed" + ("s" if len(curves) > 1 else "")
+        ax.plot(steps, moving_average(values, window), color=colour, lw=1.5, label=f"{result.label} ({seeds})")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel(ylabel)
+    smoothing = f", moving average over {window} updates" if window > 1 else ""
+    ax.set_title(f"{title}, mean over seeds{smoothing}\n{subtitle}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# --- the Markdown ------------------------------------------------------------------------------
+
+def _format(mean: float, ci: float) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.2f}" if math.isnan(ci) else f"{mean:.2f} ± {ci:.2f}"
+
+
+def ranking(results: list[PointResult]) -> list[PointResult]:
+    """Grid points with at least one complete run, best mean first."""
+    return sorted((r for r in results if r.returns), key=lambda r: r.mean_ci[0], reverse=True)
+
+
+def verdict(results: list[PointResult]) -> list[str]:
+    """Sentences naming the best point and how sure that is, in plain words."""
+    ranked = ranking(results)
+    if not ranked:
+        return ["No run is complete yet."]
+    best = ranked[0]
+    mean, ci = best.mean_ci
+    spread = "one seed" if math.isnan(ci) else f"mean ± 95% CI over {len(best.returns)} seeds"
+    lines = [f"**Best: {best.label}**, final return {_format(mean, ci)} ({spread})."]
+    if len(ranked) == 1:
+        return lines
+    runner_up = ranked[1]
+    test = welch(best.returns, runner_up.returns)
+    lines.append(f"Runner-up: {runner_up.label}, {_format(*runner_up.mean_ci)}; the best leads by "
+                 f"{test.difference:.2f}.")
+    if math.isnan(test.p):
+        lines.append("Whether that lead is real cannot be tested: it needs at least 2 seeds per point, "
+                     "with some spread.")
+        return lines
+    level = f"{SIGNIFICANCE:.0%} level"
+    judgement = (f"is significant at the {level}." if test.p < SIGNIFICANCE else
+                 f"is **not** significant at the {level}: with {len(best.returns)} seeds these two "
+                 "cannot be told apart.")
+    lines.append(f"Welch's t test over seeds: t = {test.t:.2f}, df = {test.df:.1f}, p = {test.p:.3f}; "
+                 f"the lead {judgement}")
+    p_values = {r.label: welch(best.returns, r.returns).p for r in ranked[1:]}
+    groups = [
+        (f"Not distinguishable from the best at the {level}", [k for k, p in p_values.items() if p >= SIGNIFICANCE]),
+        (f"Worse than the best at the {level} (one test per point, no correction for multiple comparisons)",
+         [k for k, p in p_values.items() if p < SIGNIFICANCE]),
+        ("Not testable against the best (fewer than 2 seeds, or no spread)",
+         [k for k, p in p_values.items() if math.isnan(p)]),
+    ]
+    lines += [f"{heading}: {', '.join(labels)}." for heading, labels in groups if labels]
+    return lines
+
+
+def final_value(curves: list | None) -> float:
+    """Mean over seeds of a curve's last logged value."""
+    return float(np.mean([values[-1] for _, values in curves])) if curves else math.nan
+
+
+@dataclass
+class SweepReport:
+    markdown: Path
+    figures: dict
+    best: str | None
+    headline: str
+
+
+def write_report(sweep_dir, out_dir=None) -> SweepReport:
+    """Write report.md and three PNGs (sweep_final_return, sweep_learning_curves, sweep_entropy)
+    into `out_dir` (default `<sweep_dir>/report/`)."""
+    sweep_dir = Path(sweep_dir)
+    out_dir = Path(out_dir or sweep_dir / "report")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan, results, missing = collect_results(sweep_dir)
+    budget = plan.runs()[0].config.total_steps
+    name = sweep_dir.name
+
+    figures = {
+        "final_return": out_dir / "sweep_final_return.png",
+        "learning_curves": out_dir / "sweep_learning_curves.png",
+        "entropy": out_dir / "sweep_entropy.png",
+    }
+    subtitle = f"{name}: {budget:,} steps per run"
+    plot_final_returns(results, f"Final evaluation return ({plan.eval_episodes} episodes per run)\n{subtitle}",
+                       figures["final_return"])
+    plot_curves(results, RETURN_TAG, "training episodic return", "Learning curves", subtitle,
+                figures["learning_curves"])
+    plot_curves(results, ENTROPY_TAG, "policy entropy (nats)", "Entropy over training", subtitle,
+                figures["entropy"])
+
+    seeds = list(plan.seeds)
+    header = ["grid point", "final return (mean ± 95% CI)", *[f"seed {s}" for s in seeds],
+              "final training return", "final entropy"]
+    rows = []
+    for result in results:
+        per_seed = dict(zip(result.seeds, result.returns))
+        rows.append([result.label, _format(*result.mean_ci),
+                     *[f"{per_seed[s]:.2f}" if s in per_seed else "-" for s in seeds],
+                     _format(final_value(result.curves.get(RETURN_TAG)), math.nan),
+                     _format(final_value(result.curves.get(ENTROPY_TAG)), math.nan)])
+    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table += ["| " + " | ".join(row) + " |" for row in rows]
+
+    lines = verdict(results)
+    best = ranking(results)[0].label if ranking(results) else None
+    text = [
+        f"# Sweep `{name}`",
+        "",
+        "    " + plan.command_line(name),
+        "",
+        f"Preset `{plan.preset}`, {budget:,} environment steps per run, seeds {', '.join(map(str, seeds))}. "
+        f"Final return: the final model's mean return over {plan.eval_episodes} evaluation episodes (sampled "
+        "policy, sticky actions 0.1, 10,000-step cap), one score per seed; ± is the 95% Student-t "
+        "confidence interval over seeds. Final training return and entropy: the last update's, mean over seeds.",
+        "",
+    ]
+    if missing:
+        text += [f"**Incomplete:** {len(missing)} of {len(plan.runs())} runs have no final evaluation yet "
+                 f"({', '.join(missing)}).", ""]
+    text += [*table, "", " ".join(lines), ""]
+    text += [f"![{key.replace('_', ' ')}]({path.name})" for key, path in figures.items()]
+    markdown = out_dir / "report.md"
+    markdown.write_text("\n".join(text) + "\n")
+    return SweepReport(markdown, figures, best, lines[0].replace("**", ""))
