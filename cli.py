@@ -253,14 +253,10 @@ def evaluate(checkpoint, episodes, backend, setting, seed, json_path, device):
               help="Also log everything under inspect/ in the checkpoint's run directory.")
 @device_option
 def inspect(checkpoint, episodes, out_dir, seed, max_video_steps, tensorboard, device):
-    """Replay an agent: video, saliency, traces, failure heatmap, into files and TensorBoard."""
-    from breakout_ppo.checkpoint import CheckpointError, load_checkpoint
-
+    """Replay an agent: video, saliency, traces, failure heatmap, diagnosis, into files, TensorBoard
+    and one HTML page."""
     device = resolve_device(device)
-    try:
-        load_checkpoint(checkpoint)
-    except CheckpointError as error:
-        raise click.ClickException(str(error)) from None
+    require_checkpoint(checkpoint)
     from instruments.inspect import inspect_agent
 
     out_dir = out_dir or checkpoint.parent / "inspect"
