@@ -36,6 +36,9 @@ class Config:
     """Torso of both towers: "mlp" on the flattened frame or "cnn" (MinAtar's 16 3x3 filters)."""
     hidden: int = 64
     """Width of the torso layers."""
+    precision: str = "float32"
+    """Matrix products of the network in rollouts and updates: "float32", or "bfloat16" (autocast;
+    weights, optimiser and losses stay float32)."""
 
     # --- PPO ---
     num_steps: int = 16
@@ -96,6 +99,8 @@ class Config:
             (0 <= self.sticky_action_prob <= 1, "sticky_action_prob must be in [0, 1]"),
             (self.max_episode_steps is None or self.max_episode_steps > 0, "max_episode_steps must be positive"),
             (self.arch in ("mlp", "cnn"), f"arch must be 'mlp' or 'cnn', got {self.arch!r}"),
+            (self.precision in ("float32", "bfloat16"),
+             f"precision must be 'float32' or 'bfloat16', got {self.precision!r}"),
             (self.hidden > 0, "hidden must be positive"),
             (self.checkpoint_every > 0, "checkpoint_every must be positive"),
         ]

@@ -40,6 +40,14 @@ class EpisodeStats(NamedTuple):
     length_sum: torch.Tensor
 
 
+def forward(model, obs: torch.Tensor, config: Config):
+    """`model(obs)` as training runs it: `(logits, value)` in float32, the matrix products in
+    `config.precision` (bfloat16 autocast halves the update's time on CPUs with AVX512-BF16)."""
+    with torch.autocast(obs.device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
+        logits, value = model(obs)
+    return logits.float(), value.float()
+
+
 def sample_actions(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Sample from Categorical(logits) with the Gumbel-max trick, drawing from `generator`.
 
@@ -72,7 +80,7 @@ def collect_rollout(model, env: BatchedBreakout, obs: torch.Tensor, config: Conf
 
     for t in range(T):
         obs_buf[t] = obs
-        logits, value = model(obs)
+        logits, value = forward(model, obs, config)
         action = sample_actions(logits, generator)
         actions[t] = action
         logprobs[t] = F.log_softmax(logits, dim=-1).gather(1, action[:, None]).squeeze(1)
@@ -92,8 +100,8 @@ def collect_rollout(model, env: BatchedBreakout, obs: torch.Tensor, config: Conf
         if where[0].numel():
             stacked = PackedGames(*(torch.stack(field) for field in zip(*final_games)))
             cut = PackedGames(*(field[where] for field in stacked))
-            truncation_values[where] = model(render(unpack(cut)))[1]
-    last_value = model(obs)[1]
+            truncation_values[where] = forward(model, render(unpack(cut)), config)[1]
+    last_value = forward(model, obs, config)[1]
     rollout = Rollout(obs_buf, actions, logprobs, values, rewards, terminated, truncated,
                       truncation_values, last_value)
     return rollout, obs, EpisodeStats(count, return_sum, length_sum)
@@ -125,7 +133,7 @@ def compute_gae(rollout: Rollout, gamma: float, gae_lambda: float):
 def ppo_loss(model, obs, actions, old_logprobs, old_values, advantages, returns, config: Config):
     """The clipped PPO objective on one minibatch. Returns `(loss, metrics)`; `loss` includes the
     entropy bonus, so `ent_coef` acts on the parameters."""
-    logits, values = model(obs)
+    logits, values = forward(model, obs, config)
     logp_all = F.log_softmax(logits, dim=-1)
     logprobs = logp_all.gather(1, actions[:, None]).squeeze(1)
     entropy = -(logp_all.exp() * logp_all).sum(dim=-1).mean()

@@ -53,6 +53,7 @@ BAD_FLAGS = [
     ("train", "--gamma", "1.5"),
     ("train", "--num-minibatches", "7"),
     ("train", "--arch", "transformer"),
+    ("train", "--precision", "float8"),
     ("train", "--preset", "huge"),
     ("train", "--max-episode-steps", "forever"),
     ("train", "--snapshot-at", "soon"),
