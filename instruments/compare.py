@@ -26,7 +26,7 @@ import numpy as np
 from breakout_ppo.checkpoint import load_agent
 from breakout_ppo.env import GRID
 from breakout_ppo.evaluate import SETTINGS, EvalResult, evaluate
-from breakout_ppo.stats import welch
+from breakout_ppo.stats import Welch, welch
 from instruments import report
 from instruments.diagnose import Diagnosis, Finding
 from instruments.inspect import inspect_agent
@@ -53,45 +53,19 @@ SALIENCY_REGIONS = {  # rows of the 10x10 board
 # Welch's t interval
 
 
-@dataclass(frozen=True)
-class ReturnDifference:
-    """Welch's interval for mean(B) - mean(A)."""
-
-    difference: float
-    """mean(B) - mean(A)."""
-    half_width: float
-    """Half-width of the confidence interval of the difference."""
-    df: float
-    """Welch-Satterthwaite degrees of freedom (inf when both samples are constant)."""
-    confidence: float = 0.95
-
-    @property
-    def low(self) -> float:
-        return self.difference - self.half_width
-
-    @property
-    def high(self) -> float:
-        return self.difference + self.half_width
-
-    @property
-    def significant(self) -> bool:
-        """The interval excludes 0: at this confidence, the means differ."""
-        return self.low > 0 or self.high < 0
-
-    def sentence(self) -> str:
-        """"B scores 12.3 ± 2.1 more than A (95% interval [10.2, 14.4]: significant)"."""
-        direction = "more" if self.difference >= 0 else "less"
-        verdict = "significant" if self.significant else "not significant, the interval holds 0"
-        return (f"B scores {abs(self.difference):.2f} ± {self.half_width:.2f} {direction} than A "
-                f"({self.confidence:.0%} Welch interval [{self.low:.2f}, {self.high:.2f}]: {verdict})")
-
-
-def welch_difference(a, b, confidence: float = 0.95) -> ReturnDifference:
+def welch_difference(a, b, confidence: float = 0.95) -> Welch:
     """Welch's t interval on mean(b) - mean(a) for two independent samples of any variances."""
     if len(a) < 2 or len(b) < 2:
         raise ValueError("Welch's interval needs at least 2 values on each side")
-    test = welch(b, a, confidence)
-    return ReturnDifference(test.difference, test.half_width, test.df, confidence)
+    return welch(b, a, confidence)
+
+
+def difference_sentence(returns: Welch) -> str:
+    """"B scores 12.3 ± 2.1 more than A (95% Welch interval [10.2, 14.4]: significant)"."""
+    direction = "more" if returns.difference >= 0 else "less"
+    verdict = "significant" if returns.significant else "not significant, the interval holds 0"
+    return (f"B scores {abs(returns.difference):.2f} ± {returns.half_width:.2f} {direction} than A "
+            f"({returns.confidence:.0%} Welch interval [{returns.low:.2f}, {returns.high:.2f}]: {verdict})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,9 +126,9 @@ def paired_findings(a: Agent, b: Agent) -> list[tuple[Finding | None, Finding | 
     return [(findings_a.get(n), findings_b.get(n)) for n in names]
 
 
-def differences_that_matter(a: Agent, b: Agent, returns: ReturnDifference) -> list[str]:
+def differences_that_matter(a: Agent, b: Agent, returns: Welch) -> list[str]:
     """Plain sentences, most important first: the return, the findings, the losses, the gaze."""
-    lines = [returns.sentence()]
+    lines = [difference_sentence(returns)]
 
     for fa, fb in paired_findings(a, b):
         if fa is None or fb is None:
@@ -205,7 +179,7 @@ def differences_that_matter(a: Agent, b: Agent, returns: ReturnDifference) -> li
 class Comparison:
     a: Agent
     b: Agent
-    returns: ReturnDifference
+    returns: Welch
     differences: list[str]
     out_dir: Path
     files: dict

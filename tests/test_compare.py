@@ -17,6 +17,7 @@ from breakout_ppo.evaluate import EvalResult
 from headless_chromium import chromium_or_skip, probe_page, screenshot
 from instruments.compare import (
     Agent,
+    difference_sentence,
     differences_that_matter,
     welch_difference,
 )
@@ -50,7 +51,7 @@ def test_welch_interval_is_the_hand_computation():
 
     overlapping = welch_difference(a, a[::-1] + 0.5)
     assert not overlapping.significant and overlapping.low < 0 < overlapping.high
-    assert "not significant" in overlapping.sentence() and "significant)" in result.sentence()
+    assert "not significant" in difference_sentence(overlapping) and "significant)" in difference_sentence(result)
     assert welch_difference([3.0, 3.0], [3.0, 3.0]).half_width == 0.0
 
 
