@@ -33,7 +33,6 @@ speak; the differential tests check every step against `minatar` itself.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
@@ -475,6 +474,7 @@ class BatchedBreakout:
         self.sticky_action_prob = float(sticky_action_prob)
         self.max_episode_steps = max_episode_steps
         self.generator = torch.Generator(self.device).manual_seed(seed)
+        self._rules = _rule_tables(self.device)  # built once per process and device
         zeros = torch.zeros(n, dtype=torch.int64, device=self.device)
         self.games = pack(initial_state(self._random_sides(), last_action=zeros))
         self.episode_return = torch.zeros(n, device=self.device)
@@ -559,7 +559,7 @@ class BatchedBreakout:
         # Auto-reset: a fresh game keeps only the sticky last action (MinAtar's reset leaves it).
         game, bricks = step.games
         side = draw & 1
-        fresh = _rule_tables(self.device).fresh_game.index_select(0, torch.add(executed, side, alpha=NUM_ACTIONS))
+        fresh = self._rules.fresh_game.index_select(0, torch.add(executed, side, alpha=NUM_ACTIONS))
         self.games = PackedGames(torch.where(done, fresh, game), torch.where(done, ALL_BRICKS, bricks))
         self.episode_return = torch.where(done, 0.0, episode_return)
         self.episode_length = torch.where(done, 0, episode_length)
@@ -577,8 +577,7 @@ class BatchedBreakout:
         # Paddle, ball and trail cells of each frame from the game word, in one broadcast.
         shifts, masks, offsets = self._object_fields
         torch.add((self.games.game.unsqueeze(1) >> shifts) & masks, offsets, out=cells[:, new : new + 3])
-        rules = _rule_tables(self.device)
-        torch.index_select(rules.target_obs_cell, 0, step.ball_dir_index, out=cells[:, 6])
+        torch.index_select(self._rules.target_obs_cell, 0, step.ball_dir_index, out=cells[:, 6])
         values = self._cell_values[new // 3]
         torch.neg(step.reward, out=values[:, 6])  # the reward is 1 exactly where a brick broke
         self._obs.view(self.num_envs, -1).scatter_add_(1, cells, values)
