@@ -1,9 +1,7 @@
 """Checkpoints: round trip, bit-for-bit resume, and every kind of bad file."""
 
-import os
 import pickle
 import random
-import signal
 
 import pytest
 import torch
@@ -12,6 +10,7 @@ from breakout_ppo.checkpoint import CheckpointError, load_agent, load_checkpoint
 from breakout_ppo.config import preset
 from breakout_ppo.model import ActorCritic
 from breakout_ppo.train import train
+from ctrl_c import interrupt_after
 
 SMOKE_4_UPDATES = dict(total_steps=4 * 8 * 32, checkpoint_every=100)
 
@@ -25,15 +24,6 @@ def test_load_agent_returns_the_saved_model_and_config(tmp_path):
     frames = torch.rand(5, 4, 10, 10).round()
     for mine, theirs in zip(model(frames), loaded(frames)):
         assert torch.equal(mine, theirs)
-
-
-def interrupt_after(updates):
-    """A progress callback that presses Ctrl-C once `updates` updates are done."""
-    def progress(step, sps, recent_return, _seen=[0]):
-        _seen[0] += 1
-        if _seen[0] == updates:
-            os.kill(os.getpid(), signal.SIGINT)
-    return progress
 
 
 def test_resume_equals_an_uninterrupted_run_bit_for_bit(tmp_path):

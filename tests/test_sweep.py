@@ -17,10 +17,11 @@ from scipy import stats
 
 import cli
 from breakout_ppo.checkpoint import load_checkpoint
-from breakout_ppo.sweep import SweepError, SweepPlan, run_state, run_sweep
 from breakout_ppo.stats import mean_ci, welch
+from breakout_ppo.sweep import SweepError, SweepPlan, run_state, run_sweep
 from breakout_ppo.sweep_report import write_report
 from breakout_ppo.train import train
+from ctrl_c import interrupt_after
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,15 +75,6 @@ def test_a_run_directory_of_another_config_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(run.config.replace(total_steps=512).to_dict()))
     with pytest.raises(SweepError, match="another config"):
         run_state(tmp_path, run.config)
-
-
-def interrupt_after(updates):
-    """A progress callback that presses Ctrl-C once `updates` updates are done."""
-    def progress(step, sps, recent_return, _seen=[0]):
-        _seen[0] += 1
-        if _seen[0] == updates:
-            os.kill(os.getpid(), signal.SIGINT)
-    return progress
 
 
 PLAN = SweepPlan("smoke", {"ent_coef": (0.0, 0.1)}, (1,), eval_episodes=16)
