@@ -38,7 +38,7 @@ class Config:
     """Width of the torso layers."""
     precision: str = "float32"
     """Matrix products of the network in rollouts and updates: "float32", or "bfloat16" (autocast;
-    weights, optimiser and losses stay float32)."""
+    weights, optimiser and losses stay float32). Evaluation and the instruments run in float32."""
 
     # --- PPO ---
     num_steps: int = 16
