@@ -117,6 +117,12 @@ class Finding:
             return "FIRED"
         return "not judged" if math.isnan(self.value) else "ok"
 
+    @property
+    def shown_advice(self) -> str:
+        """The advice as the terminal and the pages show it: a statement only where it fired (on a
+        healthy agent, "The critic ignores the state" would read as a finding)."""
+        return self.advice if self.fired else f"If it fires: {self.advice}"
+
 
 FINDING_NAMES = ("value_stuck", "entropy_collapse", "tunnel_vision", "failure_hot_spots", "dead_entropy_term",
                  "dead_units")
@@ -162,7 +168,7 @@ class Diagnosis:
         for f in sorted(self.findings, key=lambda f: not f.fired):
             verdict = "**FIRED**" if f.fired else f.verdict
             lines.append(f"| {f.title} | {format_value(f.value)} | {f.comparison} {format_value(f.threshold)} "
-                         f"| {verdict} | {f.advice} |")
+                         f"| {verdict} | {f.shown_advice} |")
         return "\n".join(lines)
 
     def to_lines(self) -> list[str]:
@@ -171,7 +177,7 @@ class Diagnosis:
         rules = [f"(fires {f.comparison} {format_value(f.threshold)})" for f in self.findings]
         title_width, rule_width = max(map(len, titles)), max(map(len, rules))
         return [f"{'!!' if f.fired else '  '} {title:<{title_width}} {format_value(f.value):>8} {rule:<{rule_width}} "
-                f"{f.verdict + ':':<11} {f.advice}" for f, title, rule in zip(self.findings, titles, rules)]
+                f"{f.verdict + ':':<11} {f.shown_advice}" for f, title, rule in zip(self.findings, titles, rules)]
 
 
 def format_value(x: float) -> str:

@@ -220,7 +220,7 @@ def finding_html(f) -> str:
     return (f'<div class="finding{" fired" if f.fired else ""}"><h3>{esc(f.title)}'
             f"{verdict_badge(f)}</h3>"
             f"<div>value <b>{format_number(f.value)}</b> &middot; fires when {esc(f.comparison)} "
-            f"{format_number(f.threshold)}</div><p class=\"advice\">{esc(f.advice)}</p>{details}</div>")
+            f"{format_number(f.threshold)}</div><p class=\"advice\">{esc(f.shown_advice)}</p>{details}</div>")
 
 
 def diagnosis_section(diagnosis: dict | None) -> Section:
