@@ -109,7 +109,7 @@ def checkpoints(tmp_path_factory):
 def comparison(checkpoints, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
     result = CliRunner().invoke(cli.cli, ["compare", *map(str, checkpoints), "--out", str(out),
-                                          "--episodes", str(EPISODES)])
+                                          "--episodes", str(EPISODES), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     return out, result.output
 
@@ -122,7 +122,7 @@ def test_compare_recomputes_to_the_hand_welch_and_prints_the_table(checkpoints, 
 
     out, output = comparison
     record = json.loads((out / "compare.json").read_text())
-    # The same evaluation again (deterministic on CPU), and Welch's interval by hand from it.
+    # The same evaluation again (deterministic on CPU, where the fixture ran it), and Welch's interval by hand.
     returns = []
     for checkpoint in checkpoints:
         model, _ = load_agent(checkpoint)
