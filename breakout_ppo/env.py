@@ -44,6 +44,10 @@ CHANNELS = ("paddle", "ball", "trail", "brick")  # MinAtar's channel order
 PADDLE_ROW = GRID - 1
 FIRST_BRICK_ROW, NUM_BRICK_ROWS = 1, 3
 NUM_BRICK_CELLS = NUM_BRICK_ROWS * GRID
+# In a flattened frame (channel, row, column) only cells 90-339 can ever be 1: the paddle channel's
+# bottom row, all of the ball and trail channels, the brick channel down to row 3 (its row 0 rides
+# along to keep the run contiguous). The other 150 of the 400 are 0 in every Breakout frame.
+LIVE_FRAME_CELLS = slice(PADDLE_ROW * GRID, (3 * GRID + FIRST_BRICK_ROW + NUM_BRICK_ROWS) * GRID)
 ALL_BRICKS = (1 << NUM_BRICK_CELLS) - 1
 
 NUM_ACTIONS = 3

@@ -11,11 +11,29 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from breakout_ppo.env import GRID, NUM_ACTIONS, NUM_CHANNELS
+from breakout_ppo.env import GRID, LIVE_FRAME_CELLS, NUM_ACTIONS, NUM_CHANNELS
 
 ARCHITECTURES = ("mlp", "cnn")
+
+
+class FrameLinear(nn.Linear):
+    """`nn.Linear` on the flattened frame that multiplies only the cells a Breakout frame can light.
+
+    The 150 inputs outside `LIVE_FRAME_CELLS` are 0 in every frame, so their weights never get a
+    gradient and multiplying by them is wasted work: 37% of this layer's arithmetic, which is most of
+    the network's. The live cells are one contiguous run, so the product reads a strided view of the
+    input and of the weight, no copy. The weight keeps its (out, 400) shape and initialisation: the
+    same function as the plain layer, the same checkpoints, the same hooks for the instruments.
+    """
+
+    def __init__(self, out_features: int):
+        super().__init__(NUM_CHANNELS * GRID * GRID, out_features)
+
+    def forward(self, x):
+        return F.linear(x[:, LIVE_FRAME_CELLS], self.weight[:, LIVE_FRAME_CELLS], self.bias)
 
 
 def make_torso(arch: str, hidden: int) -> nn.Sequential:
@@ -24,7 +42,7 @@ def make_torso(arch: str, hidden: int) -> nn.Sequential:
         # The flattened frame, as the gymnax and purejaxrl baselines feed it.
         return nn.Sequential(
             nn.Flatten(),
-            nn.Linear(NUM_CHANNELS * GRID * GRID, hidden),
+            FrameLinear(hidden),
             nn.ReLU(),
             nn.Linear(hidden, hidden),
             nn.ReLU(),

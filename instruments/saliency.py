@@ -33,6 +33,8 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 from torch import nn
 
+from breakout_ppo.env import LIVE_FRAME_CELLS
+
 TARGETS = ("action", "value")
 IG_RULES = ("trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 PERTURBATIONS = ("flip", "zero")
@@ -427,7 +429,8 @@ class SanityCheck:
 
 def parameter_randomisation_check(model: nn.Module, frames: torch.Tensor, method: SaliencyMethod,
                                   layers: Sequence[str | Sequence[str]] | None = None, threshold: float = 0.5,
-                                  absolute: bool = True, seed: int = 0) -> SanityCheck:
+                                  absolute: bool = True, seed: int = 0,
+                                  cells: slice | None = LIVE_FRAME_CELLS) -> SanityCheck:
     """Judge a saliency *method* by the cascading parameter-randomisation test.
 
     Adebayo, Gilmer, Muelly, Goodfellow, Hardt & Kim 2018, "Sanity Checks for Saliency Maps"
@@ -446,6 +449,10 @@ def parameter_randomisation_check(model: nn.Module, frames: torch.Tensor, method
     over the 400 cells their rank correlation stays near 1 and the check flags them: where their map
     is non-zero is the frame's doing, and only the ordering among the occupied cells is the
     model's (Adebayo et al. report Gradient x Input as input-dominated too).
+
+    Maps are compared over `cells` of the flattened frame, by default the run that Breakout frames
+    can light (`LIVE_FRAME_CELLS`): the MLP's first layer skips the other 150, so every method's map
+    is 0 there for any weights, ties that would lift every correlation. `None` compares all cells.
     """
     steps = layers_from_output(model, frames) if layers is None else \
         [[step] if isinstance(step, str) else list(step) for step in layers]
@@ -457,7 +464,11 @@ def parameter_randomisation_check(model: nn.Module, frames: torch.Tensor, method
         raise ValueError("no layers to randomise")
 
     def maps_of(m):
-        maps = method(m, frames).detach()
+        maps = method(m, frames).detach().flatten(1)
+        if cells is not None:
+            if maps.shape[1] != frames[0].numel():
+                raise ValueError("`cells` picks cells of whole-frame maps; pass cells=None for other shapes")
+            maps = maps[:, cells]
         return maps.abs() if absolute else maps
 
     reference = maps_of(model)
