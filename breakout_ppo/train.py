@@ -149,7 +149,9 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, sna
 
     torch.manual_seed(config.seed)
     model = ActorCritic(config.arch, config.hidden).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=1e-5)
+    # One fused kernel per step instead of a handful of ops per parameter: Adam's step took a third
+    # of the time on the 2-core CPU (0.45 -> 0.15 ms per minibatch), about 7% of training.
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=1e-5, fused=True)
     env = BatchedBreakout(config.num_envs, device=device, sticky_action_prob=config.sticky_action_prob,
                           max_episode_steps=config.max_episode_steps, seed=config.seed)
     sampler = torch.Generator(device).manual_seed(config.seed + 1)
