@@ -589,8 +589,13 @@ class BatchedBreakout:
         # Refilled and freshly reset games get full brick rows. OR-ing the bits of two float32
         # 1.0s into a word sets both its cells to 1.0 whether they held 0.0 or 1.0, and OR-ing
         # in 0 changes nothing: one pass over every game, with no branch.
-        two_ones, zero = self._brick_fill_words
-        self._brick_row_words.bitwise_or_(torch.where(bricks_filled, two_ones, zero).unsqueeze(1))
+        if self.device.type == "cpu":
+            # On the CPU a data-dependent index waits on nothing: write only the games that need it
+            # (a few per thousand per step), not a pass over every game's brick rows.
+            self._brick_row_words.index_fill_(0, bricks_filled.nonzero().squeeze(1), _TWO_ONES)
+        else:
+            two_ones, zero = self._brick_fill_words
+            self._brick_row_words.bitwise_or_(torch.where(bricks_filled, two_ones, zero).unsqueeze(1))
 
     def _render_obs(self) -> torch.Tensor:
         """Draw the whole observation from the games' state (after a reset or `set_state`)."""
