@@ -52,7 +52,7 @@ def main():
         torch.set_num_threads(args.threads)
     config = preset(args.preset, **parse_overrides(args.set))
     model = ActorCritic(config.arch, config.hidden)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=1e-5)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=1e-5, fused=True)  # as train.py
     env = BatchedBreakout(config.num_envs, max_episode_steps=config.max_episode_steps)
     generator = torch.Generator().manual_seed(0)
     obs = env.reset()
