@@ -586,14 +586,14 @@ class BatchedBreakout:
         torch.neg(step.reward, out=values[:, 6])  # the reward is 1 exactly where a brick broke
         self._obs.view(self.num_envs, -1).scatter_add_(1, cells, values)
         self._lit_column = new
-        # Refilled and freshly reset games get full brick rows. OR-ing the bits of two float32
-        # 1.0s into a word sets both its cells to 1.0 whether they held 0.0 or 1.0, and OR-ing
-        # in 0 changes nothing: one pass over every game, with no branch.
+        # Refilled and freshly reset games get full brick rows (a few games per thousand a step).
         if self.device.type == "cpu":
-            # On the CPU a data-dependent index waits on nothing: write only the games that need it
-            # (a few per thousand per step), not a pass over every game's brick rows.
+            # On the CPU a data-dependent index waits on nothing: write only the games that need it.
             self._brick_row_words.index_fill_(0, bricks_filled.nonzero().squeeze(1), _TWO_ONES)
         else:
+            # On a GPU, nonzero would make the host wait. OR-ing the bits of two float32 1.0s into
+            # a word sets both its cells to 1.0 whether they held 0.0 or 1.0, and OR-ing in 0
+            # changes nothing: one pass over every game, with no branch.
             two_ones, zero = self._brick_fill_words
             self._brick_row_words.bitwise_or_(torch.where(bricks_filled, two_ones, zero).unsqueeze(1))
 
