@@ -70,7 +70,10 @@ LOSS_COLUMN_COUNT = 2.5
 entropy of the loss columns, 1..10) is below this: the losses then come from about two columns,
 one place the agent systematically misses (a paddle that cannot pass column 6: 1.45). Measured:
 healthy 6.4 and 4.1, broken 5.8 and 7.6 (seeds 1 and 2). A random policy scores 3.0, its losses on
-the two lanes the start geometry sends the first ball down: that much says nothing about the agent."""
+the two lanes the start geometry sends the first ball down: that much says nothing about the agent.
+On agents stuck on the first wall (docs/results.md): 2.16 for one at 23 points for 17M steps, whose
+balls go down one lane to the bottom-left corner (fires); 4.58 for one at 31 points that loses them
+on two mirrored lanes (does not: a plateau is not always one hot spot)."""
 
 MIN_LOSSES = 20
 """Fewer losses than this make the failure heatmap's entropy a small-sample figure: not judged."""
