@@ -7,7 +7,8 @@ Helpers to move a game between the two worlds, one slot at a time:
 - `load_slot` copies one slot of a `BreakoutState` back into a MinAtar game;
 - `reference_frames` turns MinAtar's channels-last bool `state()` into our float32 (N, 4, 10, 10);
 - `reference_step` plays one action on a MinAtar game and says which of Breakout's quirks fired,
-  judged only from MinAtar's own state before and after `act` (never from our env's events).
+  judged only from MinAtar's own state before and after `act` (never from our env's events);
+- `Survivor` plays MinAtar games with a look-ahead that keeps the ball alive, so walls get cleared.
 
 Our action `i` is MinAtar's `minimal_action_set()[i]`; that list is read from MinAtar itself.
 """
@@ -47,6 +48,8 @@ EVENT_NAMES = (
     "refill_and_lost",
 )
 OUR_EVENT_NAMES = EVENT_NAMES[:5]
+
+NOOP, LEFT, RIGHT = 0, 1, 2  # our actions (MinAtar's minimal_action_set() at these indices)
 
 
 def reference_game(seed: int, sticky_action_prob: float = 0.0) -> Environment:
@@ -243,3 +246,38 @@ def minatar_start_states() -> BreakoutState:
         if len(by_column) == 2:
             return state_from_games([by_column[column] for column in sorted(by_column)])
     raise AssertionError(f"MinAtar started 1000 games with the ball in columns {sorted(by_column)} only")
+
+
+class Survivor:
+    """Random play restricted to the actions that still let the paddle reach where the ball comes
+    down, found by looking ahead on a copy of the MinAtar game. Picks the bounce column at random
+    among the two that work (same column, adjacent column), so both bounces occur; random play
+    almost never clears the wall, this does, so refills and long episodes occur. Gives up on a
+    ball now and then (probability `give_up` per ball, then plays at random), so that long
+    episodes end too, some after a refill."""
+
+    NEVER = 10**9  # steps until the ball comes down, if the look-ahead does not see it come down
+
+    def __init__(self, seed: int, give_up: float = 0.0):
+        self.rng = np.random.default_rng(seed)
+        self.give_up = give_up
+        self.plans = {}  # game index -> [steps until the ball comes down, paddle columns that bounce it]
+
+    def __call__(self, games, step):
+        return np.array([self.choose(i, game) for i, game in enumerate(games)], dtype=np.int64)
+
+    def choose(self, i, game):
+        plan = self.plans.get(i)
+        if plan is None or plan[0] == 0:  # a new ball to catch (or the first)
+            plan = self.plans[i] = list(landing(game) or (self.NEVER, set()))
+            if self.rng.random() < self.give_up:
+                plan[1] = set()  # no column to aim for: play at random until it comes down
+        steps_left, columns = plan
+        paddle = game.env.pos
+        keeps_alive = [
+            action
+            for action, move in ((NOOP, 0), (LEFT, -1), (RIGHT, 1))
+            if any(abs(min(max(paddle + move, 0), 9) - c) <= steps_left - 1 for c in columns)
+        ]
+        plan[0] -= 1
+        return self.rng.choice(keeps_alive) if keeps_alive else self.rng.integers(0, 3)

@@ -25,7 +25,10 @@ from minatar_reference import (
     DOWN_LEFT,
     DOWN_RIGHT,
     EVENT_NAMES,
+    LEFT,
+    NOOP,
     OUR_EVENT_NAMES,
+    RIGHT,
     UP_LEFT,
     UP_RIGHT,
     crafted_game,
@@ -35,11 +38,11 @@ from minatar_reference import (
     reference_frames,
     reference_game,
     reference_step,
+    Survivor,
     state_from_games,
     write_slot,
 )
 
-NOOP, LEFT, RIGHT = 0, 1, 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,41 +223,6 @@ def adversarial_actions(seed: int):
         return actions
 
     return choose
-
-
-class Survivor:
-    """Random play restricted to the actions that still let the paddle reach where the ball comes
-    down, found by looking ahead on a copy of the MinAtar game. Picks the bounce column at random
-    among the two that work (same column, adjacent column), so both bounces occur; random play
-    almost never clears the wall, this does, so refills and long episodes occur. Gives up on a
-    ball now and then (probability `give_up` per ball, then plays at random), so that long
-    episodes end too, some after a refill."""
-
-    NEVER = 10**9  # steps until the ball comes down, if the look-ahead does not see it come down
-
-    def __init__(self, seed: int, give_up: float = 0.0):
-        self.rng = np.random.default_rng(seed)
-        self.give_up = give_up
-        self.plans = {}  # game index -> [steps until the ball comes down, paddle columns that bounce it]
-
-    def __call__(self, games, step):
-        return np.array([self.choose(i, game) for i, game in enumerate(games)], dtype=np.int64)
-
-    def choose(self, i, game):
-        plan = self.plans.get(i)
-        if plan is None or plan[0] == 0:  # a new ball to catch (or the first)
-            plan = self.plans[i] = list(landing(game) or (self.NEVER, set()))
-            if self.rng.random() < self.give_up:
-                plan[1] = set()  # no column to aim for: play at random until it comes down
-        steps_left, columns = plan
-        paddle = game.env.pos
-        keeps_alive = [
-            action
-            for action, move in ((NOOP, 0), (LEFT, -1), (RIGHT, 1))
-            if any(abs(min(max(paddle + move, 0), 9) - c) <= steps_left - 1 for c in columns)
-        ]
-        plan[0] -= 1
-        return self.rng.choice(keeps_alive) if keeps_alive else self.rng.integers(0, 3)
 
 
 def fresh_games(n: int, seed: int):
