@@ -43,6 +43,7 @@ def save_checkpoint(path, *, model, optimizer, config: Config, env, global_step:
             "episode_return": env.episode_return.cpu(),
             "episode_length": env.episode_length.cpu(),
             "episode_refills": env.episode_refills.cpu(),
+            "partial_start": env.partial_start.cpu(),
         },
         "global_step": int(global_step),
         "update": int(update),
@@ -147,4 +148,6 @@ def restore_env(env, payload: dict) -> None:
     env.episode_return = saved["episode_return"].to(env.device)
     env.episode_length = saved["episode_length"].to(env.device)
     env.episode_refills = saved["episode_refills"].to(env.device)
+    if "partial_start" in saved:  # checkpoints from before partial-wall starts have none
+        env.partial_start = saved["partial_start"].to(env.device)
     env.generator.set_state(payload["rng"]["env"])

@@ -30,6 +30,10 @@ class Config:
     """MinAtar's default: the previous action is repeated with this probability."""
     max_episode_steps: int | None = 10_000
     """Episodes reaching this length are truncated (and bootstrapped, not treated as lost)."""
+    partial_wall_starts: float = 0.0
+    """Fraction of training episodes that start from a random partial wall (each brick standing
+    with a probability drawn per episode) rather than MinAtar's full one. Logged training returns
+    leave those episodes out; evaluation always plays MinAtar's game."""
 
     # --- model ---
     arch: str = "mlp"
@@ -96,6 +100,7 @@ class Config:
             (self.ent_coef >= 0, "ent_coef must be non-negative"),
             (self.vf_coef >= 0, "vf_coef must be non-negative"),
             (self.max_grad_norm > 0, "max_grad_norm must be positive"),
+            (0 <= self.partial_wall_starts <= 1, "partial_wall_starts must be in [0, 1]"),
             (0 <= self.sticky_action_prob <= 1, "sticky_action_prob must be in [0, 1]"),
             (self.max_episode_steps is None or self.max_episode_steps > 0, "max_episode_steps must be positive"),
             (self.arch in ("mlp", "cnn"), f"arch must be 'mlp' or 'cnn', got {self.arch!r}"),

@@ -5,7 +5,8 @@ Every game in the batch steps at once, on CPU or GPU, with exactly the dynamics 
 rules in the same order, quirks included. `minatar_rule` is that rule for one game, written as
 MinAtar's if/elif chain; `step_game` is a pure function of the batched game state; `BatchedBreakout`
 adds what MinAtar's `Environment` wrapper adds (sticky actions) and what a vectorised trainer needs
-(auto-reset, episode statistics, an optional step cap, observations kept up to date in place).
+(auto-reset, episode statistics, an optional step cap, observations kept up to date in place,
+and, for training only, optional starts from partial walls).
 
 Coordinates follow MinAtar: `x` is the column (0 = left), `y` the row (0 = top); the paddle lives
 in row 9. Ball directions are MinAtar's codes
@@ -426,13 +427,14 @@ class StepInfo:
     """
 
     def __init__(self, executed_action, done, episode_return, episode_length, episode_refills, final_games,
-                 step_index, refill):
+                 step_index, refill, partial_start):
         self.executed_action = executed_action  # int64 (N,), the action actually played after sticky actions
         self.done = done  # bool (N,), terminated | truncated: these games were reset after this step
         self.episode_return = episode_return  # float32 (N,), return of the episode that just ended
         self.episode_length = episode_length  # int64 (N,), its length in steps
         self.episode_refills = episode_refills  # int64 (N,), how many times its bricks were refilled
         self.final_games = final_games  # PackedGames before auto-reset (the current state where not done)
+        self.partial_start = partial_start  # bool (N,), the episode (that just ended) began from a partial wall
         self._step_index, self._refill = step_index, refill
 
     @cached_property
@@ -460,30 +462,41 @@ class BatchedBreakout:
             requested one (MinAtar's default 0.1); as in MinAtar it survives a reset.
         max_episode_steps: if set, an episode reaching this many steps ends with `truncated`.
         seed: seeds start sides and sticky-action draws: same seed, same trajectories on CPU.
+        partial_wall_prob: a training option, 0 (MinAtar's game) unless set: the probability that
+            a game starts from a random partial wall instead of the full one. Each of its 30
+            bricks stands with probability q, q drawn uniformly per game, so every count from an
+            empty wall (which refills when the ball reaches the bottom row, as after a clear) to
+            a full one is drawn. Everything after the start is MinAtar's dynamics.
+            `info.partial_start` marks the episodes that began this way.
 
     The observation tensor returned by `reset` and `step` is the environment's own buffer, updated
     in place by the next `step` (writing the few cells that change is what makes stepping cheap):
     copy it if you keep it, as a rollout buffer does anyway.
     """
 
-    def __init__(self, num_envs, device="cpu", sticky_action_prob=0.1, max_episode_steps=None, seed=0):
+    def __init__(self, num_envs, device="cpu", sticky_action_prob=0.1, max_episode_steps=None, seed=0,
+                 partial_wall_prob=0.0):
         if int(num_envs) != num_envs or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs}")
         if not 0.0 <= sticky_action_prob <= 1.0:
             raise ValueError(f"sticky_action_prob must be in [0, 1], got {sticky_action_prob}")
         if max_episode_steps is not None and max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be positive or None, got {max_episode_steps}")
+        if not 0.0 <= partial_wall_prob <= 1.0:
+            raise ValueError(f"partial_wall_prob must be in [0, 1], got {partial_wall_prob}")
         self.num_envs = n = int(num_envs)
         self.device = torch.device(device)
         self.sticky_action_prob = float(sticky_action_prob)
         self.max_episode_steps = max_episode_steps
+        self.partial_wall_prob = float(partial_wall_prob)
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self._rules = _rule_tables(self.device)  # built once per process and device
         zeros = torch.zeros(n, dtype=torch.int64, device=self.device)
-        self.games = pack(initial_state(self._random_sides(), last_action=zeros))
         self.episode_return = torch.zeros(n, device=self.device)
         self.episode_length = zeros.clone()
         self.episode_refills = zeros.clone()
+        self.partial_start = torch.zeros(n, dtype=torch.bool, device=self.device)
+        self.games = self._start_games(pack(initial_state(self._random_sides(), last_action=zeros)))
         self._obs = torch.zeros(n, NUM_CHANNELS, GRID, GRID, device=self.device)
         # Each step adds +1 or -1 to a few cells of each game's frame (cells numbered 0..399 in
         # channel, row, column order), all in one scatter that visits each frame once. Columns
@@ -520,9 +533,28 @@ class BatchedBreakout:
         u = torch.rand(self.num_envs, generator=self.generator, device=self.device)
         return u < 0.5
 
+    def _draw_walls(self):
+        """For every game: whether its next episode starts from a partial wall, and that wall.
+
+        Draws from the env's generator only when partial walls are on, so that MinAtar's game
+        (the default) draws exactly what it always drew."""
+        u = torch.rand(self.num_envs, 2 + NUM_BRICK_CELLS, generator=self.generator, device=self.device)
+        partial = u[:, 0] < self.partial_wall_prob
+        standing = u[:, 2:] < u[:, 1:2]  # each brick with probability q = u[:, 1]
+        bits = torch.arange(NUM_BRICK_CELLS, device=self.device)
+        return partial, (standing.long() << bits).sum(1), standing
+
+    def _start_games(self, games: PackedGames) -> PackedGames:
+        """Fresh games of `reset`: the full wall, or partial walls where drawn."""
+        self.partial_start.zero_()
+        if self.partial_wall_prob == 0:
+            return games
+        self.partial_start, walls, _ = self._draw_walls()
+        return PackedGames(games.game, torch.where(self.partial_start, walls, games.bricks))
+
     def reset(self) -> torch.Tensor:
         """Start a new episode in every game; returns the first observations."""
-        self.games = pack(initial_state(self._random_sides(), self.state.last_action))
+        self.games = self._start_games(pack(initial_state(self._random_sides(), self.state.last_action)))
         self.episode_return.zero_()
         self.episode_length.zero_()
         self.episode_refills.zero_()
@@ -564,14 +596,22 @@ class BatchedBreakout:
         game, bricks = step.games
         side = draw & 1
         fresh = self._rules.fresh_game.index_select(0, torch.add(executed, side, alpha=NUM_ACTIONS))
-        self.games = PackedGames(torch.where(done, fresh, game), torch.where(done, ALL_BRICKS, bricks))
+        fresh_bricks = ALL_BRICKS
+        partial_start = self.partial_start
+        if self.partial_wall_prob > 0:
+            partial, walls, standing = self._draw_walls()
+            fresh_bricks = torch.where(partial, walls, ALL_BRICKS)
+            self.partial_start = torch.where(done, partial, partial_start)
+        self.games = PackedGames(torch.where(done, fresh, game), torch.where(done, fresh_bricks, bricks))
         self.episode_return = torch.where(done, 0.0, episode_return)
         self.episode_length = torch.where(done, 0, episode_length)
         self.episode_refills = torch.where(done, 0, episode_refills)
         self._update_obs(step, step.refill | done)
+        if self.partial_wall_prob > 0:
+            self._paint_partial_walls(done & partial, standing)
 
         info = StepInfo(executed, done, episode_return, episode_length, episode_refills, step.games,
-                        step.index, step.refill)
+                        step.index, step.refill, partial_start)
         return self._obs, step.reward, terminated, truncated, info
 
     def _update_obs(self, step: PackedStep, bricks_filled):
@@ -596,6 +636,14 @@ class BatchedBreakout:
             # changes nothing: one pass over every game, with no branch.
             two_ones, zero = self._brick_fill_words
             self._brick_row_words.bitwise_or_(torch.where(bricks_filled, two_ones, zero).unsqueeze(1))
+
+    def _paint_partial_walls(self, started: torch.Tensor, standing: torch.Tensor):
+        """Overwrite the full brick rows `_update_obs` drew for the games that start partial.
+
+        One branch-free pass over every game (no host sync on a GPU); it runs only when partial
+        walls are on, and costs little beside the draw itself."""
+        rows = self._obs[:, 3, FIRST_BRICK_ROW : FIRST_BRICK_ROW + NUM_BRICK_ROWS]
+        rows.copy_(torch.where(started[:, None, None], standing.view(-1, NUM_BRICK_ROWS, GRID).float(), rows))
 
     def _render_obs(self) -> torch.Tensor:
         """Draw the whole observation from the games' state (after a reset or `set_state`)."""

@@ -89,7 +89,8 @@ def collect_rollout(model, env: BatchedBreakout, obs: torch.Tensor, config: Conf
         obs, rewards[t], terminated[t], truncated[t], info = env.step(action)
         if env.max_episode_steps is not None:
             final_games.append(info.final_games)
-        done = info.done.float()
+        # Training return is the game's: episodes started from a partial wall are left out.
+        done = (info.done & ~info.partial_start).float()
         count += done.sum()
         return_sum += (info.episode_return * done).sum()
         length_sum += (info.episode_length * done).sum()

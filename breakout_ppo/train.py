@@ -153,7 +153,8 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, sna
     # of the time on the 2-core CPU (0.45 -> 0.15 ms per minibatch), about 7% of training.
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=1e-5, fused=True)
     env = BatchedBreakout(config.num_envs, device=device, sticky_action_prob=config.sticky_action_prob,
-                          max_episode_steps=config.max_episode_steps, seed=config.seed)
+                          max_episode_steps=config.max_episode_steps, seed=config.seed,
+                          partial_wall_prob=config.partial_wall_starts)
     sampler = torch.Generator(device).manual_seed(config.seed + 1)
     obs = env.reset()
     global_step, first_update = 0, 0

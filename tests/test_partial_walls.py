@@ -1,0 +1,128 @@
+"""Partial-wall starts, a training option: only the start differs from MinAtar's game.
+
+The draw is checked against its stated law (the share of partial starts, a standing-brick count
+uniform over 0-30 because q is uniform), the play that follows against `minatar` itself, the
+frames against a fresh render, and training's bookkeeping (returns of partial episodes left out,
+resume bit for bit) against the real training loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from breakout_ppo.config import preset
+from breakout_ppo.env import ALL_BRICKS, NUM_BRICK_CELLS, BatchedBreakout, render
+from breakout_ppo.model import ActorCritic
+from breakout_ppo.ppo import collect_rollout
+from minatar_reference import Survivor, load_slot, reference_frames, reference_game, reference_step
+
+
+def five_sigma(p: float, samples: int) -> float:
+    return 5 * (p * (1 - p) / samples) ** 0.5
+
+
+def brick_counts(bricks: torch.Tensor) -> torch.Tensor:
+    bits = torch.arange(NUM_BRICK_CELLS)
+    return ((bricks[:, None] >> bits) & 1).sum(1)
+
+
+def test_partial_starts_follow_their_law_and_the_frames_follow_the_state():
+    p, n = 0.3, 512
+    env = BatchedBreakout(n, sticky_action_prob=0.1, seed=7, partial_wall_prob=p)
+    obs = env.reset()
+    assert torch.equal(obs, render(env.state))
+    started, partial_walls = 0, []
+    rng = torch.Generator().manual_seed(0)
+    for step in range(600):
+        obs, _, _, _, info = env.step(torch.randint(0, 3, (n,), generator=rng))
+        assert torch.equal(obs, render(env.state)), f"frame and state disagree at step {step}"
+        started += int(info.done.sum())
+        new_partial = info.done & env.partial_start
+        partial_walls.append(env.state.bricks[new_partial])
+        # A game that starts full has MinAtar's full wall.
+        assert (env.state.bricks[info.done & ~env.partial_start] == ALL_BRICKS).all()
+    walls = torch.cat(partial_walls)
+    assert started > 5000
+    assert abs(len(walls) / started - p) < five_sigma(p, started)
+    # q uniform makes the count of standing bricks uniform over 0..30, and every cell is alike.
+    histogram = torch.bincount(brick_counts(walls), minlength=NUM_BRICK_CELLS + 1).double() / len(walls)
+    assert (histogram - 1 / 31).abs().max() < five_sigma(1 / 31, len(walls)), histogram
+    per_cell = ((walls[:, None] >> torch.arange(NUM_BRICK_CELLS)) & 1).double().mean(0)
+    assert (per_cell - 0.5).abs().max() < five_sigma(0.5, len(walls)), per_cell
+
+
+def test_off_by_default_and_draws_nothing_extra():
+    default = BatchedBreakout(64, seed=3)
+    off = BatchedBreakout(64, seed=3, partial_wall_prob=0.0)
+    default.reset(), off.reset()
+    actions = torch.randint(0, 3, (300, 64), generator=torch.Generator().manual_seed(1))
+    for a in actions:
+        default.step(a), off.step(a)
+    assert torch.equal(default.generator.get_state(), off.generator.get_state())
+    assert not off.partial_start.any()
+    with pytest.raises(ValueError, match="partial_wall_prob"):
+        BatchedBreakout(4, partial_wall_prob=1.5)
+
+
+def test_play_from_a_partial_wall_is_minatars_play():
+    """Every game starts partial; MinAtar games loaded with the same start step alongside, with
+    the look-ahead player, through refills of emptied walls, until their first episode ends."""
+    n = 48
+    env = BatchedBreakout(n, sticky_action_prob=0.0, seed=11, partial_wall_prob=1.0)
+    env.reset()
+    start = env.get_state()
+    assert (brick_counts(start.bricks) < NUM_BRICK_CELLS).sum() >= n - 6  # nearly all really partial
+    games = [reference_game(100 + i) for i in range(n)]
+    for i, game in enumerate(games):
+        load_slot(start, i, game)
+    assert torch.equal(env.observe(), reference_frames(games))
+    player = Survivor(seed=5, give_up=1 / 30)
+    running = np.ones(n, dtype=bool)
+    refills = 0
+    for step in range(400):
+        actions = player(games, step)
+        _, reward, terminated, _, info = env.step(torch.from_numpy(actions))
+        for i in np.flatnonzero(running):
+            their_reward, their_terminal, events = reference_step(games[i], int(actions[i]))
+            refills += events["refill"]
+            assert reward[i] == their_reward and bool(terminated[i]) == their_terminal, (step, i)
+        frames = reference_frames(games)
+        mask = torch.from_numpy(running)
+        assert torch.equal(info.final_obs[mask], frames[mask]), f"step {step}"
+        running &= ~terminated.numpy()
+        if not running.any():
+            break
+    assert refills >= 5  # the empty and nearly empty walls do refill, as after a clear
+
+
+def test_training_returns_leave_partial_episodes_out():
+    config = preset("smoke", num_envs=32, num_steps=64)
+    model = ActorCritic(config.arch, config.hidden)
+    generator = torch.Generator().manual_seed(0)
+    all_partial = BatchedBreakout(32, seed=1, partial_wall_prob=1.0)
+    _, _, stats = collect_rollout(model, all_partial, all_partial.reset(), config, generator)
+    none_partial = BatchedBreakout(32, seed=1)
+    _, _, full_stats = collect_rollout(model, none_partial, none_partial.reset(), config, generator)
+    assert full_stats.count > 0  # random play loses balls within 64 steps...
+    assert stats.count == 0  # ...and none of the all-partial episodes is counted
+
+
+def test_resume_with_partial_walls_equals_an_uninterrupted_run(tmp_path):
+    from breakout_ppo.checkpoint import load_checkpoint
+    from breakout_ppo.train import train
+    from ctrl_c import interrupt_after
+
+    config = preset("smoke", total_steps=4 * 8 * 32, checkpoint_every=100, partial_wall_starts=0.5)
+    straight = train(config, tmp_path / "straight")
+    first_half = train(config, tmp_path / "resumed", progress=interrupt_after(2))
+    second_half = train(config, tmp_path / "resumed", resume=first_half.last_checkpoint)
+    a = load_checkpoint(straight.last_checkpoint, resumable=True)
+    b = load_checkpoint(second_half.last_checkpoint, resumable=True)
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    for name, tensor in a["env"]["state"].items():
+        assert torch.equal(tensor, b["env"]["state"][name]), name
+    assert torch.equal(a["env"]["partial_start"], b["env"]["partial_start"])
+    assert a["env"]["partial_start"].any() and not a["env"]["partial_start"].all()
