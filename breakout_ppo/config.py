@@ -30,10 +30,13 @@ class Config:
     """MinAtar's default: the previous action is repeated with this probability."""
     max_episode_steps: int | None = 10_000
     """Episodes reaching this length are truncated (and bootstrapped, not treated as lost)."""
-    partial_wall_starts: float = 0.0
+    partial_wall_starts: float = 0.25
     """Fraction of training episodes that start from a random partial wall (each brick standing
-    with a probability drawn per episode) rather than MinAtar's full one. Logged training returns
-    leave those episodes out; evaluation always plays MinAtar's game."""
+    with a probability drawn per episode) rather than MinAtar's full one; 0 trains on MinAtar's
+    game alone. Agents stall at 20-30 points, clearing most of the first wall and losing the ball
+    with a few bricks left; these starts show the end of a wall and its refill from the first
+    minute. At 8M steps they beat 0 on 7 of 8 seeds (mean 37.8 against 29.6). Logged training
+    returns leave those episodes out; evaluation always plays MinAtar's game."""
 
     # --- model ---
     arch: str = "mlp"
