@@ -119,9 +119,12 @@ def cli():
               help="Every K updates, log the instrument panel (video, saliency, heatmap, histograms).")
 @click.option("--snapshot-at", default="", metavar="SECONDS,...",
               help="Benchmarks: also save snapshot-<t>s.pt, the last model before t seconds after start-up.")
+@click.option("--stop-at-step", type=click.IntRange(min=1), default=None, metavar="STEPS",
+              help="Studies at equal steps: stop with a checkpoint once this many steps are done; the "
+                   "learning-rate schedule still runs over --total-steps.")
 @device_option
 @config_options
-def train(preset_name, run_name, logdir, resume, instrument_every, snapshot_at, device, **overrides):
+def train(preset_name, run_name, logdir, resume, instrument_every, snapshot_at, stop_at_step, device, **overrides):
     """Train PPO and log to TensorBoard under runs/<run-name>/."""
     from breakout_ppo.checkpoint import CheckpointError
     from breakout_ppo.train import TrainingError, train as run_training
@@ -152,7 +155,7 @@ def train(preset_name, run_name, logdir, resume, instrument_every, snapshot_at, 
     click.echo(f"training on {device}: {config.total_steps:,} steps, run {run_dir}", err=True)
     try:
         result = run_training(config, run_dir, device=device, resume=resume, progress=bar.update,
-                              snapshot_seconds=snapshot_seconds, instrument=panel)
+                              snapshot_seconds=snapshot_seconds, instrument=panel, stop_at_step=stop_at_step)
     except (CheckpointError, TrainingError) as error:
         bar.finish()
         raise click.ClickException(str(error)) from None
@@ -166,6 +169,8 @@ def train(preset_name, run_name, logdir, resume, instrument_every, snapshot_at, 
     bar.finish()
     if result.interrupted:
         click.echo(f"interrupted: checkpoint saved to {result.last_checkpoint}", err=True)
+    elif stop_at_step is not None and result.global_step < config.total_steps:
+        click.echo(f"stopped at {result.global_step:,} steps as asked, checkpoint {result.last_checkpoint}", err=True)
     else:
         click.echo(f"done: {result.global_step:,} steps, checkpoint {result.last_checkpoint}", err=True)
 

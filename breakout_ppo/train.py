@@ -124,7 +124,7 @@ class _StopOnSigint:
 
 
 def train(config: Config, run_dir, device="cpu", resume=None, progress=None, snapshot_seconds=(),
-          instrument=None) -> TrainResult:
+          instrument=None, stop_at_step=None) -> TrainResult:
     """Train PPO from scratch (or from the checkpoint `resume`) and write the run to `run_dir`.
 
     `progress(global_step, sps, recent_return)` is called after each update, for a progress bar.
@@ -132,6 +132,8 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, sna
     model that existed before `t` seconds after process start.
     `instrument(updates_done, model, global_step)`, if given, is called after each update (the
     CLI passes the instrument panel here; training itself never imports `instruments`).
+    `stop_at_step`: for studies at equal steps, stop (with a checkpoint, as on Ctrl-C) at the first
+    update boundary at or past this step; the learning-rate schedule still runs to `total_steps`.
     """
     device = torch.device(device)
     config.validate()
@@ -221,9 +223,10 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, sna
                 done = update + 1
                 if instrument is not None:
                     instrument(done, model, global_step)
-                if stop.requested or done % config.checkpoint_every == 0 or done == config.num_updates:
+                stop_here = stop.requested or (stop_at_step is not None and global_step >= stop_at_step)
+                if stop_here or done % config.checkpoint_every == 0 or done == config.num_updates:
                     last_checkpoint = save(done)
-                if stop.requested:
+                if stop_here:
                     break
             else:
                 # Training ended before the later deadlines: the final model is the last one

@@ -145,3 +145,18 @@ def test_random_bytes_of_any_kind_are_a_checkpoint_error(tmp_path):
         path.write_bytes(rng.randbytes(rng.randint(1, 4096)))
         with pytest.raises(CheckpointError, match="truncated or corrupt|not a plain-data|not a breakout-ppo"):
             load_agent(path)
+
+
+def test_stop_at_step_keeps_the_schedule_and_resumes_bit_for_bit(tmp_path):
+    config = preset("smoke", **SMOKE_4_UPDATES)
+    straight = train(config, tmp_path / "straight")
+    # Stopping after update 2 of 4 must not shorten the learning-rate schedule: resuming from
+    # there gives the uninterrupted run's parameters exactly.
+    first_half = train(config, tmp_path / "stopped", stop_at_step=2 * config.batch_size)
+    assert first_half.updates == 2 and first_half.global_step == 2 * config.batch_size
+    rest = train(config, tmp_path / "stopped", resume=first_half.last_checkpoint)
+    assert rest.updates == 2
+    a = load_checkpoint(straight.last_checkpoint, resumable=True)["model"]
+    b = load_checkpoint(rest.last_checkpoint, resumable=True)["model"]
+    for name, tensor in a.items():
+        assert torch.equal(tensor, b[name]), name

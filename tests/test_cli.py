@@ -46,6 +46,15 @@ def test_train_writes_events_hparams_config_and_checkpoint(tmp_path):
     assert [p.name for p in run_dir.iterdir() if p.is_dir()] == []
 
 
+def test_stop_at_step_stops_there_with_a_checkpoint(tmp_path):
+    result = run("train", "--preset", "smoke", "--run-name", "r", "--logdir", tmp_path, "--device", "cpu",
+                 "--stop-at-step", "300")
+    assert result.exit_code == 0, result.output
+    assert "stopped at 512 steps as asked" in result.output  # the first update boundary past 300
+    saved = load_checkpoint(tmp_path / "r" / "checkpoint.pt", resumable=True)
+    assert saved["update"] == 2 and saved["config"]["total_steps"] == 1024
+
+
 BAD_FLAGS = [
     ("train", "--num-envs", "0"),
     ("train", "--learning-rate", "-1"),
@@ -57,6 +66,8 @@ BAD_FLAGS = [
     ("train", "--preset", "huge"),
     ("train", "--max-episode-steps", "forever"),
     ("train", "--snapshot-at", "soon"),
+    ("train", "--stop-at-step", "0"),
+    ("train", "--partial-wall-starts", "1.5"),
     ("train", "--device", "tpu"),
     ("evaluate", "whatever.pt", "--episodes", "0"),
 ]
