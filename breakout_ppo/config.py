@@ -35,7 +35,7 @@ class Config:
     with a probability drawn per episode) rather than MinAtar's full one; 0 trains on MinAtar's
     game alone. Agents stall at 20-30 points, clearing most of the first wall and losing the ball
     with a few bricks left; these starts show the end of a wall and its refill from the first
-    minute. At 8M steps they beat 0 on 7 of 8 seeds (mean 37.8 against 29.6). Logged training
+    minute. At 8M steps they beat 0 on 7 of 8 seeds (mean 34.1 against 29.6). Logged training
     returns leave those episodes out; evaluation always plays MinAtar's game."""
 
     # --- model ---
