@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from breakout_ppo.checkpoint import CheckpointError, load_agent, load_checkpoint, save_model
+from breakout_ppo.checkpoint import CheckpointError, config_from_checkpoint, load_agent, load_checkpoint, save_model
 from breakout_ppo.config import preset
 from breakout_ppo.model import ActorCritic
 from breakout_ppo.train import train
@@ -160,3 +160,12 @@ def test_stop_at_step_keeps_the_schedule_and_resumes_bit_for_bit(tmp_path):
     b = load_checkpoint(rest.last_checkpoint, resumable=True)["model"]
     for name, tensor in a.items():
         assert torch.equal(tensor, b[name]), name
+
+
+def test_a_checkpoint_from_before_partial_walls_says_it_trained_on_full_walls():
+    # Its config has no partial_wall_starts: it ran on MinAtar's full walls, whatever today's default.
+    old = preset("smoke").to_dict()
+    del old["partial_wall_starts"]
+    assert preset("smoke").partial_wall_starts > 0
+    assert config_from_checkpoint({"config": old}).partial_wall_starts == 0.0
+    assert config_from_checkpoint({"config": preset("smoke").to_dict()}) == preset("smoke")
