@@ -116,14 +116,9 @@ def load_checkpoint(path, map_location="cpu", resumable=False) -> dict:
     return payload
 
 
-# Fields added to Config after checkpoints were written without them, with the value those runs
-# actually used (not today's default): a checkpoint must say how its agent was trained.
-FIELDS_BEFORE_THEY_EXISTED = {"partial_wall_starts": 0.0}
-
-
 def config_from_checkpoint(payload: dict, path="checkpoint") -> Config:
     try:
-        return Config.from_dict({**FIELDS_BEFORE_THEY_EXISTED, **payload["config"]}).validate()
+        return Config.from_saved(payload["config"]).validate()
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path} holds an invalid config: {error}") from None
 

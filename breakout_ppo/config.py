@@ -126,6 +126,12 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
+    def from_saved(cls, values: dict) -> "Config":
+        """A config read back from a checkpoint or a run's config.json, of this version or an
+        older one: a field the older version lacked gets the value those runs used."""
+        return cls.from_dict({**FIELDS_BEFORE_THEY_EXISTED, **values})
+
+    @classmethod
     def from_dict(cls, values: dict) -> "Config":
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
@@ -133,6 +139,10 @@ class Config:
             raise ValueError(f"unknown config fields: {', '.join(sorted(unknown))}")
         return cls(**values)
 
+
+# Fields added after runs were saved without them, with the value those runs actually used (not
+# today's default): a saved config must say how its agent was trained.
+FIELDS_BEFORE_THEY_EXISTED = {"partial_wall_starts": 0.0}
 
 PRESETS = {
     "default": {},

@@ -131,7 +131,7 @@ def run_state(run_dir: Path, config: Config) -> str:
     saved = run_dir / "config.json"
     if saved.exists():
         try:
-            same = Config.from_dict(json.loads(saved.read_text())) == config
+            same = Config.from_saved(json.loads(saved.read_text())) == config
         except (ValueError, TypeError):  # not JSON, or fields of another version
             same = False
         if not same:
@@ -267,7 +267,7 @@ def train_and_evaluate(run_dir: Path, device: str = "cpu", eval_episodes: int = 
     from breakout_ppo.evaluate import SETTINGS, evaluate
     from breakout_ppo.train import train
 
-    config = Config.from_dict(json.loads((run_dir / "config.json").read_text())).validate()
+    config = Config.from_saved(json.loads((run_dir / "config.json").read_text())).validate()
     checkpoint = run_dir / "checkpoint.pt"
     done_updates = load_checkpoint(checkpoint, resumable=True)["update"] if checkpoint.exists() else 0
     if done_updates < config.num_updates:

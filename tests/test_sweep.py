@@ -77,6 +77,18 @@ def test_a_run_directory_of_another_config_is_refused(tmp_path):
         run_state(tmp_path, run.config)
 
 
+
+def test_a_run_from_before_partial_walls_is_not_mixed_into_a_sweep_that_uses_them(tmp_path):
+    run = SweepPlan("smoke", {"ent_coef": (0.0, 0.1)}, (1,)).runs()[0]
+    assert run.config.partial_wall_starts > 0
+    old = run.config.to_dict()
+    del old["partial_wall_starts"]  # written before the field existed: trained on full walls
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    with pytest.raises(SweepError, match="another config"):
+        run_state(tmp_path, run.config)
+    assert run_state(tmp_path, run.config.replace(partial_wall_starts=0.0)) == "new"
+
+
 PLAN = SweepPlan("smoke", {"ent_coef": (0.0, 0.1)}, (1,), eval_episodes=16)
 
 
