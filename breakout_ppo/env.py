@@ -106,8 +106,13 @@ def grid_to_bricks(grid: torch.Tensor) -> torch.Tensor:
     outside[:, rows] = False
     if outside.any():
         raise ValueError("Breakout bricks can only be in rows 1-3")
-    bits = torch.arange(NUM_BRICK_CELLS, device=grid.device)
-    return (grid[:, rows].flatten(1).long() << bits).sum(dim=1)
+    return rows_to_bricks(grid[:, rows].flatten(1))
+
+
+def rows_to_bricks(standing: torch.Tensor) -> torch.Tensor:
+    """Bool (N, 30), brick rows 1-3 flattened -> bitmask (N,)."""
+    bits = torch.arange(NUM_BRICK_CELLS, device=standing.device)
+    return (standing.long() << bits).sum(dim=1)
 
 
 def initial_state(start_right: torch.Tensor, last_action: torch.Tensor) -> BreakoutState:
@@ -541,8 +546,7 @@ class BatchedBreakout:
         u = torch.rand(self.num_envs, 2 + NUM_BRICK_CELLS, generator=self.generator, device=self.device)
         partial = u[:, 0] < self.partial_wall_prob
         standing = u[:, 2:] < u[:, 1:2]  # each brick with probability q = u[:, 1]
-        bits = torch.arange(NUM_BRICK_CELLS, device=self.device)
-        return partial, (standing.long() << bits).sum(1), standing
+        return partial, rows_to_bricks(standing), standing
 
     def _start_games(self, games: PackedGames) -> PackedGames:
         """Fresh games of `reset`: the full wall, or partial walls where drawn."""

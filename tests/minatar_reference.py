@@ -9,6 +9,7 @@ Helpers to move a game between the two worlds, one slot at a time:
 - `reference_step` plays one action on a MinAtar game and says which of Breakout's quirks fired,
   judged only from MinAtar's own state before and after `act` (never from our env's events);
 - `Survivor` plays MinAtar games with a look-ahead that keeps the ball alive, so walls get cleared.
+- `five_sigma` is the tolerance of the frequency tests (sticky actions, partial-wall starts).
 
 Our action `i` is MinAtar's `minimal_action_set()[i]`; that list is read from MinAtar itself.
 """
@@ -281,3 +282,8 @@ class Survivor:
         ]
         plan[0] -= 1
         return self.rng.choice(keeps_alive) if keeps_alive else self.rng.integers(0, 3)
+
+
+def five_sigma(p: float, samples: int) -> float:
+    """Five binomial standard errors of a frequency estimated from `samples` draws."""
+    return 5 * (p * (1 - p) / samples) ** 0.5

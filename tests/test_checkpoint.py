@@ -49,6 +49,10 @@ def test_resume_equals_an_uninterrupted_run_bit_for_bit(tmp_path):
     for name in ("env", "sampler"):
         assert torch.equal(a["rng"][name], b["rng"][name]), name
     assert a["update"] == b["update"] == 4
+    # The presets start some episodes from partial walls: which ones is env state too.
+    assert config.partial_wall_starts > 0
+    assert torch.equal(a["env"]["partial_start"], b["env"]["partial_start"])
+    assert a["env"]["partial_start"].any() and not a["env"]["partial_start"].all()
 
 
 def test_resume_refuses_a_different_config(tmp_path):

@@ -32,7 +32,7 @@ from minatar_reference import (
     UP_LEFT,
     UP_RIGHT,
     crafted_game,
-    landing,
+    five_sigma,
     minatar_start_states,
     minimal_actions,
     reference_frames,
@@ -276,11 +276,6 @@ def requests_other_than_the_previous_action(seed: int):
         return (previous + rng.integers(1, 3, len(games))) % 3
 
     return choose
-
-
-def five_sigma(p: float, samples: int) -> float:
-    """Five binomial standard errors of a frequency estimated from `samples` draws."""
-    return 5 * (p * (1 - p) / samples) ** 0.5
 
 
 def test_sticky_actions_repeat_the_previous_executed_action_with_probability_p():
