@@ -148,10 +148,13 @@ def ppo_loss(model, obs, actions, old_logprobs, old_values, advantages, returns,
         -advantages * ratio, -advantages * ratio.clamp(1 - config.clip_coef, 1 + config.clip_coef)
     ).mean()
 
-    # Clipped value loss: the value may move at most clip_coef from its rollout-time estimate
-    # before the update stops rewarding the move.
-    values_clipped = old_values + (values - old_values).clamp(-config.clip_coef, config.clip_coef)
-    value_loss = 0.5 * torch.max((values - returns) ** 2, (values_clipped - returns) ** 2).mean()
+    value_loss = 0.5 * (values - returns) ** 2
+    if config.clip_value:
+        # The value may move at most clip_coef from its rollout-time estimate before the update
+        # stops rewarding the move.
+        values_clipped = old_values + (values - old_values).clamp(-config.clip_coef, config.clip_coef)
+        value_loss = torch.max(value_loss, 0.5 * (values_clipped - returns) ** 2)
+    value_loss = value_loss.mean()
 
     loss = policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy
     with torch.no_grad():
