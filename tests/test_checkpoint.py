@@ -166,10 +166,12 @@ def test_stop_at_step_keeps_the_schedule_and_resumes_bit_for_bit(tmp_path):
         assert torch.equal(tensor, b[name]), name
 
 
-def test_a_checkpoint_from_before_partial_walls_says_it_trained_on_full_walls():
-    # Its config has no partial_wall_starts: it ran on MinAtar's full walls, whatever today's default.
+@pytest.mark.parametrize("field, then", [("partial_wall_starts", 0.0), ("clip_value", True)])
+def test_a_checkpoint_from_before_a_field_existed_says_how_it_trained(field, then):
+    # Its config lacks the field: it trained as the code did then (full walls, a clipped value
+    # loss), whatever today's default.
     old = preset("smoke").to_dict()
-    del old["partial_wall_starts"]
-    assert preset("smoke").partial_wall_starts > 0
-    assert config_from_checkpoint({"config": old}).partial_wall_starts == 0.0
+    del old[field]
+    assert getattr(preset("smoke"), field) != then
+    assert getattr(config_from_checkpoint({"config": old}), field) == then
     assert config_from_checkpoint({"config": preset("smoke").to_dict()}) == preset("smoke")

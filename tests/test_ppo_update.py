@@ -94,7 +94,7 @@ def test_bfloat16_runs_the_products_in_bfloat16_and_returns_float32():
 
 @pytest.mark.parametrize("clip_value, expected", [(True, 0.5 * (0.2 - 5.0) ** 2), (False, 0.5 * (1.0 - 5.0) ** 2)])
 def test_value_loss_is_clipped_only_when_asked(clip_value, expected):
-    # Every value sits 1 above its rollout-time estimate and 5 below its return: the clipped loss
+    # Every value sits 1 above its rollout-time estimate, every return 5 above it: the clipped loss
     # measures the error of the estimate moved by clip_coef = 0.2 only, the plain loss the real error.
     config, model, rollout = rollout_and_model(clip_value=clip_value)
     frames = rollout.obs.flatten(0, 1)
