@@ -38,7 +38,8 @@ class Config:
     with a few bricks left; these starts show the end of a wall and its refill from the first
     minute. Training return at 8M steps, seeds 15-18: 0 gave 25.9/26.3/28.3/21.6, 0.25 gave
     34.5/29.5/29.9/27.5, 0.5 gave 39.6/31.4/33.5/27.1; on the wall clock 0.5 held both time-to-score
-    gates on 6 of 6 seeds, 0.25 on 5, 0 on 3 (docs/results.md). Logged training returns leave
+    gates on 6 of 6 seeds, 0.25 on 5, 0 on 3 (2026-11-25, value loss clipped; docs/results.md). 0.75
+    with the value unclipped: no better at 8M (2026-12-02). Logged training returns leave
     those episodes out; evaluation always plays MinAtar's game."""
 
     # --- model ---
