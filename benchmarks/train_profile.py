@@ -54,7 +54,7 @@ def main():
     model = ActorCritic(config.arch, config.hidden)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=1e-5, fused=True)  # as train.py
     env = BatchedBreakout(config.num_envs, max_episode_steps=config.max_episode_steps,
-                          partial_wall_prob=config.partial_wall_starts)
+                          partial_wall_prob=config.partial_wall_starts, random_ball_starts=config.random_ball_starts)
     generator = torch.Generator().manual_seed(0)
     obs = env.reset()
     phases = dict.fromkeys(["env step", "acting forward", "update forward+loss", "backward", "optimizer"], 0.0)

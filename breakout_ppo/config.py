@@ -41,6 +41,16 @@ class Config:
     gates on 6 of 6 seeds, 0.25 on 5, 0 on 3 (2026-11-25, value loss clipped; docs/results.md). 0.75
     with the value unclipped: no better at 8M (2026-12-02). Logged training returns leave
     those episodes out; evaluation always plays MinAtar's game."""
+    random_ball_starts: bool = True
+    """Episodes that start from a partial wall also start the ball in a random cell of rows 3-5,
+    heading down-left or down-right (MinAtar's starts in row 3 at a side wall); no effect with
+    `partial_wall_starts` 0. A stuck agent loses the ball on a few paths it rarely saw: these
+    starts show it many more. Training return at 8M steps, seeds 15-22: off
+    41.0/44.0/31.5/23.5/38.9/26.6/53.2/55.8, on 43.6/40.4/39.0/33.7/42.9/47.8/41.5/32.1 (mean
+    39.3 against 40.1, lowest 23.5 against 32.1); at 4M ahead on 5 of 8 (mean 25.9 against
+    28.2). On the wall clock (seeds 1-3, 47,000-49,000 steps/s) on: 36.8/37.9/46.3 within 90 s,
+    45.2/45.7/63.2 within 150 s; off, same day: 25.5/28.9/37.6 and 30.8/42.8/46.2 (2026-12-02,
+    docs/results.md)."""
 
     # --- model ---
     arch: str = "mlp"
@@ -78,6 +88,9 @@ class Config:
     ent_coef: float = 0.005
     """Weight of the entropy bonus in the optimised loss. 0.005 beat 0.01 within 90 s on all three
     seeds measured (the evaluation samples the policy, so a sharper policy scores higher)."""
+    anneal_ent: bool = False
+    """Decay `ent_coef` linearly to 0 over `total_steps`, on the learning rate's schedule: explore
+    early, sharpen the (sampled) policy late."""
     vf_coef: float = 0.5
     """Weight of the value loss."""
     max_grad_norm: float = 0.5
@@ -151,7 +164,8 @@ class Config:
 
 # Fields added after runs were saved without them, with the value those runs actually used (not
 # today's default): a saved config must say how its agent was trained.
-FIELDS_BEFORE_THEY_EXISTED = {"partial_wall_starts": 0.0, "clip_value": True}
+FIELDS_BEFORE_THEY_EXISTED = {"partial_wall_starts": 0.0, "clip_value": True, "anneal_ent": False,
+                             "random_ball_starts": False}
 
 PRESETS = {
     "default": {},

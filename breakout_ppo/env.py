@@ -473,6 +473,10 @@ class BatchedBreakout:
             empty wall (which refills when the ball reaches the bottom row, as after a clear) to
             a full one is drawn. Everything after the start is MinAtar's dynamics.
             `info.partial_start` marks the episodes that began this way.
+        random_ball_starts: with partial walls, those episodes also start the ball in a random
+            cell of rows 3-5 (MinAtar's is row 3 at a side wall), moving down-left or down-right,
+            trail on the ball as in MinAtar's start: more of the ball's paths from the first
+            minute. Draws nothing extra when off.
 
     The observation tensor returned by `reset` and `step` is the environment's own buffer, updated
     in place by the next `step` (writing the few cells that change is what makes stepping cheap):
@@ -480,7 +484,7 @@ class BatchedBreakout:
     """
 
     def __init__(self, num_envs, device="cpu", sticky_action_prob=0.1, max_episode_steps=None, seed=0,
-                 partial_wall_prob=0.0):
+                 partial_wall_prob=0.0, random_ball_starts=False):
         if int(num_envs) != num_envs or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs}")
         if not 0.0 <= sticky_action_prob <= 1.0:
@@ -494,6 +498,7 @@ class BatchedBreakout:
         self.sticky_action_prob = float(sticky_action_prob)
         self.max_episode_steps = max_episode_steps
         self.partial_wall_prob = float(partial_wall_prob)
+        self.random_ball_starts = bool(random_ball_starts) and self.partial_wall_prob > 0
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self._rules = _rule_tables(self.device)  # built once per process and device
         zeros = torch.zeros(n, dtype=torch.int64, device=self.device)
@@ -548,13 +553,27 @@ class BatchedBreakout:
         standing = u[:, 2:] < u[:, 1:2]  # each brick with probability q = u[:, 1]
         return partial, rows_to_bricks(standing), standing
 
+    def _draw_balls(self, games: torch.Tensor) -> torch.Tensor:
+        """`games` (fresh game words) with the ball moved to a random cell of rows 3-5, heading
+        down-left or down-right, its trail on it; paddle, strike and sticky action kept."""
+        u = torch.rand(self.num_envs, 3, generator=self.generator, device=self.device)
+        column = (u[:, 0] * GRID).long().clamp_(max=GRID - 1)
+        row = START_ROW + (u[:, 1] * 3).long().clamp_(max=2)
+        direction = torch.where(u[:, 2] < 0.5, 2, 3)  # down-right, down-left
+        cell = row * GRID + column
+        kept = games & ~((127 << BALL_SHIFT) | (3 << DIR_SHIFT) | (127 << TRAIL_SHIFT))
+        return kept | cell << BALL_SHIFT | direction << DIR_SHIFT | cell << TRAIL_SHIFT
+
     def _start_games(self, games: PackedGames) -> PackedGames:
-        """Fresh games of `reset`: the full wall, or partial walls where drawn."""
+        """Fresh games of `reset`: the full wall, or partial walls (and balls) where drawn."""
         self.partial_start.zero_()
         if self.partial_wall_prob == 0:
             return games
         self.partial_start, walls, _ = self._draw_walls()
-        return PackedGames(games.game, torch.where(self.partial_start, walls, games.bricks))
+        game = games.game
+        if self.random_ball_starts:
+            game = torch.where(self.partial_start, self._draw_balls(game), game)
+        return PackedGames(game, torch.where(self.partial_start, walls, games.bricks))
 
     def reset(self) -> torch.Tensor:
         """Start a new episode in every game; returns the first observations."""
@@ -605,6 +624,8 @@ class BatchedBreakout:
         if self.partial_wall_prob > 0:
             partial, walls, standing = self._draw_walls()
             fresh_bricks = torch.where(partial, walls, ALL_BRICKS)
+            if self.random_ball_starts:
+                fresh = torch.where(partial, self._draw_balls(fresh), fresh)
             self.partial_start = torch.where(done, partial, partial_start)
         self.games = PackedGames(torch.where(done, fresh, game), torch.where(done, fresh_bricks, bricks))
         self.episode_return = torch.where(done, 0.0, episode_return)

@@ -156,7 +156,8 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, sna
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=1e-5, fused=True)
     env = BatchedBreakout(config.num_envs, device=device, sticky_action_prob=config.sticky_action_prob,
                           max_episode_steps=config.max_episode_steps, seed=config.seed,
-                          partial_wall_prob=config.partial_wall_starts)
+                          partial_wall_prob=config.partial_wall_starts,
+                          random_ball_starts=config.random_ball_starts)
     sampler = torch.Generator(device).manual_seed(config.seed + 1)
     obs = env.reset()
     global_step, first_update = 0, 0
@@ -186,11 +187,12 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, sna
     try:
         with _StopOnSigint() as stop:
             for update in range(first_update, config.num_updates):
-                lr = config.learning_rate
-                if config.anneal_lr:
-                    lr = config.learning_rate * (1.0 - update / config.num_updates)
+                remaining = 1.0 - update / config.num_updates
+                lr = config.learning_rate * (remaining if config.anneal_lr else 1.0)
+                ent_coef = config.ent_coef * (remaining if config.anneal_ent else 1.0)
                 rollout, obs, episodes = collect_rollout(model, env, obs, config, sampler)
-                metrics = ppo_update(model, optimizer, rollout, config, sampler, learning_rate=lr)
+                metrics = ppo_update(model, optimizer, rollout, config.replace(ent_coef=ent_coef), sampler,
+                                     learning_rate=lr)
                 global_step += config.batch_size
 
                 if bool(metrics.pop("non_finite")):
@@ -201,7 +203,7 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, sna
                 sps = (global_step - start_step) / (time.perf_counter() - start)
                 scalars = {f"losses/{k}": float(v) for k, v in metrics.items()}
                 elapsed = time.time() - process_start
-                scalars.update({"charts/learning_rate": lr, "charts/SPS": sps, "charts/elapsed_seconds": elapsed})
+                scalars.update({"charts/learning_rate": lr, "charts/ent_coef": ent_coef, "charts/SPS": sps, "charts/elapsed_seconds": elapsed})
                 n = float(episodes.count)
                 if n > 0:
                     mean_return = float(episodes.return_sum) / n

@@ -166,10 +166,11 @@ def test_stop_at_step_keeps_the_schedule_and_resumes_bit_for_bit(tmp_path):
         assert torch.equal(tensor, b[name]), name
 
 
-@pytest.mark.parametrize("field, then", [("partial_wall_starts", 0.0), ("clip_value", True)])
+@pytest.mark.parametrize("field, then", [("partial_wall_starts", 0.0), ("clip_value", True),
+                                         ("random_ball_starts", False)])
 def test_a_checkpoint_from_before_a_field_existed_says_how_it_trained(field, then):
     # Its config lacks the field: it trained as the code did then (full walls, a clipped value
-    # loss), whatever today's default.
+    # loss, the ball from MinAtar's start), whatever today's default.
     old = preset("smoke").to_dict()
     del old[field]
     assert getattr(preset("smoke"), field) != then

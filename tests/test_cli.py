@@ -137,3 +137,21 @@ def test_training_into_an_existing_run_is_refused_not_overwritten(tmp_path):
     result = run(*args)
     assert result.exit_code != 0 and "already holds a run" in result.output
     assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("anneal_ent", [False, True])
+def test_entropy_coefficient_follows_its_schedule(tmp_path, anneal_ent):
+    flag = "--anneal-ent" if anneal_ent else "--no-anneal-ent"
+    result = run("train", "--preset", "smoke", "--run-name", "r", "--logdir", tmp_path, "--device", "cpu",
+                 "--ent-coef", "0.02", flag)
+    assert result.exit_code == 0, result.output
+    events = EventAccumulator(str(tmp_path / "r"))
+    events.Reload()
+    logged = [e.value for e in events.Scalars("charts/ent_coef")]
+    rates = [e.value for e in events.Scalars("charts/learning_rate")]
+    updates = 4  # the smoke preset: 1024 steps in batches of 256
+    remaining = [1 - u / updates for u in range(updates)]
+    expected = [0.02 * r for r in remaining] if anneal_ent else [0.02] * updates
+    assert logged == pytest.approx(expected, rel=1e-6)
+    # The same schedule as the learning rate's, which anneals in both cases.
+    assert rates == pytest.approx([5e-3 * r for r in remaining], rel=1e-6)

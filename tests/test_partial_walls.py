@@ -61,11 +61,13 @@ def test_off_by_default_and_draws_nothing_extra():
         BatchedBreakout(4, partial_wall_prob=1.5)
 
 
-def test_play_from_a_partial_wall_is_minatars_play():
+@pytest.mark.parametrize("random_ball_starts", [False, True])
+def test_play_from_a_partial_wall_is_minatars_play(random_ball_starts):
     """Every game starts partial; MinAtar games loaded with the same start step alongside, with
     the look-ahead player, through refills of emptied walls, until their first episode ends."""
     n = 48
-    env = BatchedBreakout(n, sticky_action_prob=0.0, seed=11, partial_wall_prob=1.0)
+    env = BatchedBreakout(n, sticky_action_prob=0.0, seed=11, partial_wall_prob=1.0,
+                          random_ball_starts=random_ball_starts)
     env.reset()
     start = env.get_state()
     assert (brick_counts(start.bricks) < NUM_BRICK_CELLS).sum() >= n - 6  # nearly all really partial
@@ -103,3 +105,43 @@ def test_training_returns_leave_partial_episodes_out():
     assert full_stats.count > 0  # random play loses balls within 64 steps...
     assert stats.count == 0  # ...and none of the all-partial episodes is counted
 
+
+
+def test_random_ball_starts_follow_their_law_and_the_frames_follow_the_state():
+    n = 512
+    env = BatchedBreakout(n, sticky_action_prob=0.1, seed=5, partial_wall_prob=0.5, random_ball_starts=True)
+    obs = env.reset()
+    assert torch.equal(obs, render(env.state))
+    partial_balls, full_balls = [], []
+    rng = torch.Generator().manual_seed(2)
+    for step in range(400):
+        obs, _, _, _, info = env.step(torch.randint(0, 3, (n,), generator=rng))
+        assert torch.equal(obs, render(env.state)), f"frame and state disagree at step {step}"
+        state = env.state
+        fields = torch.stack([state.ball_x, state.ball_y, state.ball_dir, state.last_x, state.last_y,
+                              state.paddle_x, state.strike.long()], 1)
+        partial_balls.append(fields[info.done & env.partial_start])
+        full_balls.append(fields[info.done & ~env.partial_start])
+    partial, full = torch.cat(partial_balls), torch.cat(full_balls)
+    assert len(partial) > 2000 and len(full) > 2000
+    # Full-wall episodes keep MinAtar's start: row 3 at a side wall, heading to the middle.
+    assert ((full[:, 1] == 3) & (((full[:, 0] == 0) & (full[:, 2] == 2)) | ((full[:, 0] == 9) & (full[:, 2] == 3)))).all()
+    # Partial ones: any column, rows 3-5, down-right or down-left, each alike; trail on the ball,
+    # paddle in the middle, no strike, as MinAtar starts a game.
+    for name, values, count in (("column", partial[:, 0], 10), ("row", partial[:, 1] - 3, 3),
+                                ("direction", partial[:, 2] - 2, 2)):
+        histogram = torch.bincount(values, minlength=count).double() / len(partial)
+        assert len(histogram) == count, (name, histogram)
+        assert (histogram - 1 / count).abs().max() < five_sigma(1 / count, len(partial)), (name, histogram)
+    assert torch.equal(partial[:, 3:5], partial[:, 0:2])
+    assert (partial[:, 5] == 4).all() and (partial[:, 6] == 0).all()
+
+
+def test_random_ball_starts_change_nothing_without_partial_walls():
+    plain = BatchedBreakout(64, seed=3)
+    asked = BatchedBreakout(64, seed=3, random_ball_starts=True)  # no partial walls: MinAtar's game
+    plain.reset(), asked.reset()
+    for a in torch.randint(0, 3, (300, 64), generator=torch.Generator().manual_seed(1)):
+        plain.step(a), asked.step(a)
+    assert torch.equal(plain.generator.get_state(), asked.generator.get_state())
+    assert torch.equal(plain.games.game, asked.games.game)
