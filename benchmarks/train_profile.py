@@ -30,6 +30,9 @@ def parse_overrides(pairs):
     out = {}
     for pair in pairs:
         key, value = pair.split("=", 1)
+        if value.lower() in ("true", "false"):  # else "False" would pass on as a truthy string
+            out[key] = value.lower() == "true"
+            continue
         for cast in (int, float):
             try:
                 value = cast(value)

@@ -46,11 +46,11 @@ class Config:
     heading down-left or down-right (MinAtar's starts in row 3 at a side wall); no effect with
     `partial_wall_starts` 0. A stuck agent loses the ball on a few paths it rarely saw: these
     starts show it many more. Training return at 8M steps, seeds 15-22: off
-    41.0/44.0/31.5/23.5/38.9/26.6/53.2/55.8, on 43.6/40.4/39.0/33.7/42.9/47.8/41.5/32.1 (mean
-    39.3 against 40.1, lowest 23.5 against 32.1); at 4M ahead on 5 of 8 (mean 25.9 against
-    28.2). Over 12 seeds (15-26) ahead on 8 at 4M and at 8M, lowest at 8M 31.4 against 23.5. On the wall clock (seeds 1-3, 47,000-49,000 steps/s) on: 36.8/37.9/46.3 within 90 s,
-    45.2/45.7/63.2 within 150 s; off, same day: 25.5/28.9/37.6 and 30.8/42.8/46.2 (2026-12-02,
-    docs/results.md)."""
+    41.0/44.0/31.5/23.5/38.9/26.6/53.2/55.8, on 43.6/40.4/39.0/33.7/42.9/47.8/41.5/32.1; over
+    seeds 15-26 ahead on 8 of 12 at 4M and at 8M (mean at 8M 41.8 against 39.9, lowest 31.4
+    against 23.5). On the wall clock, seeds 1-3 at 47,000-66,000 steps/s: on 36.7/37.9/46.3
+    within 90 s and 45.2/45.7/63.2 within 150 s, off 25.5/28.9/37.6 and 30.8/42.8/46.2
+    (2026-12-02, docs/results.md)."""
 
     # --- model ---
     arch: str = "mlp"

@@ -561,8 +561,7 @@ class BatchedBreakout:
         row = START_ROW + (u[:, 1] * 3).long().clamp_(max=2)
         direction = torch.where(u[:, 2] < 0.5, 2, 3)  # down-right, down-left
         cell = row * GRID + column
-        kept = games & ~((127 << BALL_SHIFT) | (3 << DIR_SHIFT) | (127 << TRAIL_SHIFT))
-        return kept | cell << BALL_SHIFT | direction << DIR_SHIFT | cell << TRAIL_SHIFT
+        return (games & ~_BALL_AND_TRAIL_BITS) | cell << BALL_SHIFT | direction << DIR_SHIFT | cell << TRAIL_SHIFT
 
     def _start_games(self, games: PackedGames) -> PackedGames:
         """Fresh games of `reset`: the full wall, or partial walls (and balls) where drawn."""
@@ -695,5 +694,6 @@ class BatchedBreakout:
         return self._obs
 
 
+_BALL_AND_TRAIL_BITS = 127 << BALL_SHIFT | 3 << DIR_SHIFT | 127 << TRAIL_SHIFT  # the fields a ball start sets
 _BRICK_ROWS_CELL = 3 * GRID * GRID + FIRST_BRICK_ROW * GRID  # first cell of brick rows 1-3 in a frame
 _TWO_ONES = torch.tensor([1.0, 1.0]).view(torch.int64).item()  # two float32 1.0s as one int64 word

@@ -203,7 +203,8 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, sna
                 sps = (global_step - start_step) / (time.perf_counter() - start)
                 scalars = {f"losses/{k}": float(v) for k, v in metrics.items()}
                 elapsed = time.time() - process_start
-                scalars.update({"charts/learning_rate": lr, "charts/ent_coef": ent_coef, "charts/SPS": sps, "charts/elapsed_seconds": elapsed})
+                scalars.update({"charts/learning_rate": lr, "charts/ent_coef": ent_coef, "charts/SPS": sps,
+                                "charts/elapsed_seconds": elapsed})
                 n = float(episodes.count)
                 if n > 0:
                     mean_return = float(episodes.return_sum) / n

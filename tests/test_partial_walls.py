@@ -106,7 +106,6 @@ def test_training_returns_leave_partial_episodes_out():
     assert stats.count == 0  # ...and none of the all-partial episodes is counted
 
 
-
 def test_random_ball_starts_follow_their_law_and_the_frames_follow_the_state():
     n = 512
     env = BatchedBreakout(n, sticky_action_prob=0.1, seed=5, partial_wall_prob=0.5, random_ball_starts=True)
