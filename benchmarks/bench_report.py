@@ -11,9 +11,21 @@ from pathlib import Path
 import torch
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), which `platform.processor()` leaves empty there."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine(**extra) -> dict:
-    """The facts that decide whether two benchmark runs can be compared."""
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    """The facts that decide whether two benchmark runs can be compared: machines of one kind
+    differ by the day, so the CPU model is among them."""
+    return {"platform": platform.platform(), "processor": cpu_model(),
             "python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
             "threads": torch.get_num_threads(), **extra}
 
