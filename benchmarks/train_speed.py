@@ -35,6 +35,8 @@ def train_with_snapshots(seed, snapshots, logdir, extra_args):
                "--snapshot-at", ",".join(f"{t:g}" for t in snapshots), *extra_args]
     run_dir = Path(logdir) / run_name
     last = run_dir / f"snapshot-{max(snapshots):g}s.pt"
+    if last.exists():
+        return run_dir  # trained by an earlier invocation with this --logdir: evaluated, not rerun
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         while process.poll() is None and not last.exists():
@@ -48,6 +50,36 @@ def train_with_snapshots(seed, snapshots, logdir, extra_args):
     if not last.exists():
         raise SystemExit(f"training for seed {seed} ended before {max(snapshots):g}s:\n{stderr[-2000:]}")
     return run_dir
+
+
+def evaluate_snapshots(run_dir, seed, snapshots, episodes, label=""):
+    """One row per snapshot: the sampled policy's return over `episodes` episodes of sticky-action
+    Breakout capped at 10,000 steps, with the snapshot's time and step count."""
+    rows = []
+    for t in snapshots:
+        path = Path(run_dir) / f"snapshot-{t:g}s.pt"
+        if not path.exists():
+            continue
+        payload = load_checkpoint(path)
+        model, _ = load_agent(path)
+        result = evaluate(model, episodes=episodes, sticky_action_prob=0.1, max_episode_steps=10_000,
+                          seed=10_000 + seed)
+        row = {"seed": seed, "deadline_s": t, "snapshot_s": payload["elapsed_seconds"],
+               "steps": payload["global_step"], **result.summary()}
+        row["sps"] = row["steps"] / row["snapshot_s"]
+        rows.append(row)
+        print(f"{label}seed {seed}  t<={t:5.0f}s  (model at {row['snapshot_s']:5.1f}s, {row['steps']:>10,} steps, "
+              f"{row['sps']:>7,.0f} SPS)  return {row['mean']:6.2f} ± {row['ci95']:.2f}", flush=True)
+    return rows
+
+
+def time_to_targets(rows, targets):
+    """{target: the first deadline whose snapshot's mean reached it, or None} for one run's rows."""
+    reach = {}
+    for x in targets:
+        hit = [r["deadline_s"] for r in rows if r["mean"] >= x]
+        reach[x] = min(hit) if hit else None
+    return reach
 
 
 def training_curve(run_dir):
@@ -94,7 +126,9 @@ def main():
     parser.add_argument("--snapshots", default="30,60,90,120,150", help="seconds after process start")
     parser.add_argument("--targets", default="28,40", help="returns whose time-to-reach is reported")
     parser.add_argument("--episodes", type=int, default=1024)
-    parser.add_argument("--logdir", default=None, help="where the runs go (default: a temporary directory)")
+    parser.add_argument("--logdir", default=None,
+                        help="where the runs go (default: a temporary directory); runs already there are evaluated, "
+                             "not rerun")
     parser.add_argument("--json", dest="json_path", default=None)
     parser.add_argument("--plot", default=None, help="write learning curves (PNG) here")
     parser.add_argument("train_args", nargs="*", help="extra flags for `cli.py train`, after --")
@@ -108,20 +142,7 @@ def main():
     rows = []
     for seed in seeds:
         run_dir = train_with_snapshots(seed, snapshots, logdir, args.train_args)
-        for t in snapshots:
-            path = run_dir / f"snapshot-{t:g}s.pt"
-            if not path.exists():
-                continue
-            payload = load_checkpoint(path)
-            model, _ = load_agent(path)
-            result = evaluate(model, episodes=args.episodes, sticky_action_prob=0.1, max_episode_steps=10_000,
-                              seed=10_000 + seed)
-            row = {"seed": seed, "deadline_s": t, "snapshot_s": payload["elapsed_seconds"],
-                   "steps": payload["global_step"], **result.summary()}
-            row["sps"] = row["steps"] / row["snapshot_s"]
-            rows.append(row)
-            print(f"seed {seed}  t<={t:5.0f}s  (model at {row['snapshot_s']:5.1f}s, {row['steps']:>10,} steps, "
-                  f"{row['sps']:>7,.0f} SPS)  return {row['mean']:6.2f} ± {row['ci95']:.2f}", flush=True)
+        rows += evaluate_snapshots(run_dir, seed, snapshots, args.episodes)
 
     print()
     header = f"{'seed':>4} " + " ".join(f"{f't<={t:g}s':>12}" for t in snapshots) + "  " + \
@@ -131,10 +152,7 @@ def main():
     for seed in seeds:
         mine = [r for r in rows if r["seed"] == seed]
         cells = " ".join(f"{r['mean']:12.2f}" for r in mine)
-        reach = {}
-        for x in targets:
-            hit = [r["deadline_s"] for r in mine if r["mean"] >= x]
-            reach[x] = min(hit) if hit else None
+        reach = time_to_targets(mine, targets)
         summary[seed] = reach
         print(f"{seed:>4} {cells}  " + " ".join(f"{(f'<={v:g}s' if v else 'not reached'):>12}" for v in reach.values()))
 
