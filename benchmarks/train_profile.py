@@ -54,7 +54,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     config = preset(args.preset, **parse_overrides(args.set))
-    model = ActorCritic(config.arch, config.hidden)
+    model = ActorCritic.from_config(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=1e-5, fused=True)  # as train.py
     env = BatchedBreakout(config.num_envs, max_episode_steps=config.max_episode_steps,
                           partial_wall_prob=config.partial_wall_starts, random_ball_starts=config.random_ball_starts)

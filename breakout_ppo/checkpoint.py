@@ -124,7 +124,7 @@ def config_from_checkpoint(payload: dict, path="checkpoint") -> Config:
 
 
 def model_from_checkpoint(payload: dict, config: Config, path="checkpoint") -> ActorCritic:
-    model = ActorCritic(config.arch, config.hidden)
+    model = ActorCritic.from_config(config)
     try:
         model.load_state_dict(payload["model"])
     except (RuntimeError, KeyError, TypeError) as error:

@@ -57,6 +57,9 @@ class Config:
     """Torso of both towers: "mlp" on the flattened frame or "cnn" (MinAtar's 16 3x3 filters)."""
     hidden: int = 64
     """Width of the torso layers."""
+    shared_input_layer: bool = False
+    """Actor and critic share their first layer (the frame's product, most of the network's
+    arithmetic); the second layers and the heads stay separate."""
     precision: str = "float32"
     """Matrix products of the network in rollouts and updates: "float32", or "bfloat16" (autocast;
     weights, optimiser and losses stay float32). Evaluation and the instruments run in float32."""
@@ -165,7 +168,7 @@ class Config:
 # Fields added after runs were saved without them, with the value those runs actually used (not
 # today's default): a saved config must say how its agent was trained.
 FIELDS_BEFORE_THEY_EXISTED = {"partial_wall_starts": 0.0, "clip_value": True, "anneal_ent": False,
-                             "random_ball_starts": False}
+                             "random_ball_starts": False, "shared_input_layer": False}
 
 PRESETS = {
     "default": {},

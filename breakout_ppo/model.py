@@ -79,13 +79,36 @@ class Tower(nn.Module):
 
 
 class ActorCritic(nn.Module):
-    """`forward(obs) -> (logits (N, 3), value (N,))` on float frames (N, 4, 10, 10)."""
+    """`forward(obs) -> (logits (N, 3), value (N,))` on float frames (N, 4, 10, 10).
 
-    def __init__(self, arch: str = "mlp", hidden: int = 64):
+    With `shared_input_layer` the two towers share their first layer (and its ReLU): one module,
+    registered under both towers' names so that the instruments find it by either, run once per
+    forward. It is the network's costliest product; the rest of each tower and the heads stay apart.
+    """
+
+    def __init__(self, arch: str = "mlp", hidden: int = 64, shared_input_layer: bool = False):
         super().__init__()
-        self.arch, self.hidden = arch, hidden
+        self.arch, self.hidden, self.shared_input_layer = arch, hidden, shared_input_layer
         self.actor = Tower(arch, hidden, NUM_ACTIONS, head_gain=0.01)
         self.critic = Tower(arch, hidden, 1, head_gain=1.0)
+        # The torso's modules up to and including the first layer's ReLU.
+        self.shared_depth = {"mlp": 3, "cnn": 2}[arch] if shared_input_layer else 0
+        for i in range(self.shared_depth):
+            self.critic.torso[i] = self.actor.torso[i]
+
+    @classmethod
+    def from_config(cls, config) -> "ActorCritic":
+        return cls(config.arch, config.hidden, config.shared_input_layer)
 
     def forward(self, obs: torch.Tensor):
-        return self.actor(obs), self.critic(obs).squeeze(-1)
+        if not self.shared_depth:
+            return self.actor(obs), self.critic(obs).squeeze(-1)
+        features = obs
+        for layer in self.actor.torso[:self.shared_depth]:
+            features = layer(features)
+        actor, critic = features, features
+        for layer in self.actor.torso[self.shared_depth:]:
+            actor = layer(actor)
+        for layer in self.critic.torso[self.shared_depth:]:
+            critic = layer(critic)
+        return self.actor.head(actor), self.critic.head(critic).squeeze(-1)

@@ -43,12 +43,13 @@ def check_entropy_term(config: Config, seed: int = 0) -> EntropyCheck:
     Uses the config's model and PPO settings on a small CPU rollout (about 0.1 s), and leaves the
     global RNG as it found it.
     """
-    probe = preset("smoke").replace(arch=config.arch, hidden=config.hidden, clip_coef=config.clip_coef,
+    probe = preset("smoke").replace(arch=config.arch, hidden=config.hidden,
+                                    shared_input_layer=config.shared_input_layer, clip_coef=config.clip_coef,
                                     vf_coef=config.vf_coef, max_grad_norm=config.max_grad_norm,
                                     norm_adv=config.norm_adv, learning_rate=config.learning_rate)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = ActorCritic(probe.arch, probe.hidden)
+        model = ActorCritic.from_config(probe)
         env = BatchedBreakout(probe.num_envs, sticky_action_prob=0.0, seed=seed)
         rollout, _, _ = ppo.collect_rollout(model, env, env.reset(), probe, torch.Generator().manual_seed(seed))
         results = []

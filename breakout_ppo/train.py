@@ -150,7 +150,7 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, sna
         raise TrainingError(f"preflight failed: {entropy_check}; the update does not optimise the entropy bonus")
 
     torch.manual_seed(config.seed)
-    model = ActorCritic(config.arch, config.hidden).to(device)
+    model = ActorCritic.from_config(config).to(device)
     # One fused kernel per step instead of a handful of ops per parameter: Adam's step took a third
     # of the time on the 2-core CPU (0.45 -> 0.15 ms per minibatch), about 7% of training.
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=1e-5, fused=True)

@@ -176,3 +176,15 @@ def test_a_checkpoint_from_before_a_field_existed_says_how_it_trained(field, the
     assert getattr(preset("smoke"), field) != then
     assert getattr(config_from_checkpoint({"config": old}), field) == then
     assert config_from_checkpoint({"config": preset("smoke").to_dict()}) == preset("smoke")
+
+
+def test_a_shared_input_layer_survives_the_round_trip(tmp_path):
+    config = preset("smoke", shared_input_layer=True)
+    model = ActorCritic.from_config(config)
+    path = save_model(tmp_path / "m.pt", model.state_dict(), config, global_step=0, elapsed_seconds=0.0)
+    loaded, loaded_config = load_agent(path)
+    assert loaded_config.shared_input_layer
+    assert loaded.critic.torso[1] is loaded.actor.torso[1]  # still one module, not two copies
+    frames = torch.rand(5, 4, 10, 10).round()
+    for mine, theirs in zip(model(frames), loaded(frames)):
+        assert torch.equal(mine, theirs)

@@ -72,3 +72,42 @@ def test_mlp_keeps_the_full_first_layer_and_its_initialisation():
     assert isinstance(first, FrameLinear) and first.weight.shape == (64, FRAME_CELLS)
     # Orthogonal init over all 400 inputs, as a plain layer would get: rows of norm sqrt(2).
     torch.testing.assert_close(first.weight.norm(dim=1), torch.full((64,), 2**0.5))
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_a_shared_input_layer_is_one_module_run_once_under_both_names(arch):
+    torch.manual_seed(0)
+    model = ActorCritic(arch, 32, shared_input_layer=True)
+    first = model.get_submodule("actor.torso.1" if arch == "mlp" else "actor.torso.0")
+    assert model.get_submodule("critic.torso.1" if arch == "mlp" else "critic.torso.0") is first
+    assert model.actor.torso[-2] is not model.critic.torso[-2]  # second layers stay apart
+    calls = []
+    handle = first.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        x = (torch.rand(6, NUM_CHANNELS, GRID, GRID) < 0.2).float()
+        logits, value = model(x)
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+    # The same function as running each tower on its own (through the shared layer twice).
+    torch.testing.assert_close(logits, model.actor(x))
+    torch.testing.assert_close(value, model.critic(x).squeeze(-1))
+
+
+def test_the_shared_layer_learns_from_both_losses():
+    torch.manual_seed(0)
+    model = ActorCritic("mlp", 32, shared_input_layer=True)
+    x = (torch.rand(16, NUM_CHANNELS, GRID, GRID) < 0.2).float()
+
+    def first_layer_grad(loss_of):
+        model.zero_grad()
+        loss_of(*model(x)).backward()
+        return model.actor.torso[1].weight.grad.clone()
+
+    from_actor = first_layer_grad(lambda logits, value: logits.square().sum())
+    from_critic = first_layer_grad(lambda logits, value: value.square().sum())
+    both = first_layer_grad(lambda logits, value: logits.square().sum() + value.square().sum())
+    assert from_actor.abs().sum() > 0 and from_critic.abs().sum() > 0
+    torch.testing.assert_close(both, from_actor + from_critic)
+    # One set of first-layer parameters: the optimiser sees each once.
+    assert len(list(model.parameters())) == len(list(ActorCritic("mlp", 32).parameters())) - 2
