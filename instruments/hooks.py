@@ -133,8 +133,9 @@ class GradStats:
 
 
 def layer_names(model: nn.Module) -> list[str]:
-    """The names `Taps` accepts: every submodule's dotted name (the model itself excluded)."""
-    return [name for name, _ in model.named_modules() if name]
+    """The names `Taps` accepts: every submodule's dotted name (the model itself excluded). A
+    module registered under two names (a layer the actor and critic share) answers to both."""
+    return [name for name, _ in model.named_modules(remove_duplicate=False) if name]
 
 
 def _check_names(model: nn.Module, requested: Iterable[str], what: str) -> list[str]:
@@ -206,7 +207,7 @@ class Taps:
     def __enter__(self) -> "Taps":
         if self._active:
             raise RuntimeError("these Taps are already attached; use a new Taps object to nest")
-        modules = dict(self.model.named_modules())
+        modules = dict(self.model.named_modules(remove_duplicate=False))
         try:
             for name in dict.fromkeys(self.activation_names + self.gradient_names):
                 self._handles.append(modules[name].register_forward_hook(self._layer_hook(name)))

@@ -338,6 +338,7 @@ def layers_from_output(model: nn.Module, frames: torch.Tensor) -> list[list[str]
     Depth is the fewest parameterised layers between a layer's output and any model output in the
     autograd graph of one forward pass, so parallel towers are peeled together: for ActorCritic,
     [[actor.head, critic.head], [actor.torso.3, critic.torso.3], [actor.torso.1, critic.torso.1]].
+    A first layer the towers share is one layer, listed once under the actor's name.
     """
     leaves = {name: m for name, m in model.named_modules()
               if next(m.children(), None) is None and next(m.parameters(recurse=False), None) is not None}
@@ -456,7 +457,7 @@ def parameter_randomisation_check(model: nn.Module, frames: torch.Tensor, method
     """
     steps = layers_from_output(model, frames) if layers is None else \
         [[step] if isinstance(step, str) else list(step) for step in layers]
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))
     unknown = [name for step in steps for name in step if name not in modules]
     if unknown:
         raise ValueError(f"unknown layer name(s): {', '.join(unknown)}; valid: {', '.join(n for n in modules if n)}")
@@ -473,7 +474,7 @@ def parameter_randomisation_check(model: nn.Module, frames: torch.Tensor, method
 
     reference = maps_of(model)
     randomised = copy.deepcopy(model)
-    random_modules = dict(randomised.named_modules())
+    random_modules = dict(randomised.named_modules(remove_duplicate=False))
     per_frame = []
     for index, step in enumerate(steps):
         for offset, name in enumerate(step):
