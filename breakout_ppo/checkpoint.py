@@ -130,6 +130,13 @@ def model_from_checkpoint(payload: dict, config: Config, path="checkpoint") -> A
     except (RuntimeError, KeyError, TypeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"{path}: model weights do not fit the config ({first[:200]})") from None
+    # A shared layer is saved under both towers' names; loading would keep one silently, so two
+    # that differ mean the weights came from separate towers, whatever the config says.
+    for name, tensor in payload["model"].items():
+        twin = name.replace("actor.", "critic.", 1)
+        if name.startswith("actor.torso.") and model.get_parameter(name) is model.get_parameter(twin) \
+                and not torch.equal(tensor, payload["model"][twin]):
+            raise CheckpointError(f"{path}: the config shares the first layer but the weights hold two different ones")
     return model
 
 

@@ -17,13 +17,22 @@ SMOKE_4_UPDATES = dict(total_steps=4 * 8 * 32, checkpoint_every=100)
 
 def test_load_agent_returns_the_saved_model_and_config(tmp_path):
     config = preset("smoke", hidden=32, arch="cnn")
-    model = ActorCritic(config.arch, config.hidden)
+    model = ActorCritic.from_config(config)
     path = save_model(tmp_path / "m.pt", model.state_dict(), config, global_step=7, elapsed_seconds=1.0)
     loaded, loaded_config = load_agent(path)
     assert loaded_config == config
     frames = torch.rand(5, 4, 10, 10).round()
     for mine, theirs in zip(model(frames), loaded(frames)):
         assert torch.equal(mine, theirs)
+
+
+def test_separate_towers_under_a_config_that_shares_them_are_refused(tmp_path):
+    # Loading them into a shared model would keep one first layer and drop the other without a word.
+    config = preset("smoke", hidden=32, shared_input_layer=True)
+    separate = ActorCritic(config.arch, config.hidden, shared_input_layer=False)
+    path = save_model(tmp_path / "m.pt", separate.state_dict(), config, global_step=7, elapsed_seconds=1.0)
+    with pytest.raises(CheckpointError, match="shares the first layer"):
+        load_agent(path)
 
 
 def test_resume_equals_an_uninterrupted_run_bit_for_bit(tmp_path):
