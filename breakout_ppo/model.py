@@ -81,9 +81,10 @@ class Tower(nn.Module):
 class ActorCritic(nn.Module):
     """`forward(obs) -> (logits (N, 3), value (N,))` on float frames (N, 4, 10, 10).
 
-    With `shared_input_layer` the two towers share their first layer (and its ReLU): one module,
-    registered under both towers' names so that the instruments find it by either, run once per
-    forward. It is the network's costliest product; the rest of each tower and the heads stay apart.
+    With `shared_input_layer` the two towers share their first layer (and its ReLU): one module
+    under both towers' names (`Taps` answers to either; `named_modules()` lists it once, as the
+    actor's), run once per forward. It is the network's costliest product; the rest of each tower
+    and the heads stay apart.
     """
 
     def __init__(self, arch: str = "mlp", hidden: int = 64, shared_input_layer: bool = False):
