@@ -136,7 +136,8 @@ def model_from_checkpoint(payload: dict, config: Config, path="checkpoint") -> A
         twin = name.replace("actor.", "critic.", 1)
         if name.startswith("actor.torso.") and model.get_parameter(name) is model.get_parameter(twin) \
                 and not torch.equal(tensor, payload["model"][twin]):
-            raise CheckpointError(f"{path}: the config shares the first layer but the weights hold two different ones")
+            raise CheckpointError(f"{path}: the config shares {name.removeprefix('actor.')} between actor and critic "
+                                  f"but the weights hold two different ones")
     return model
 
 

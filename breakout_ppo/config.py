@@ -57,11 +57,15 @@ class Config:
     """Torso of both towers: "mlp" on the flattened frame or "cnn" (MinAtar's 16 3x3 filters)."""
     hidden: int = 64
     """Width of the torso layers."""
-    shared_input_layer: bool = True
-    """Actor and critic share their first layer (the frame's product, most of the network's
-    arithmetic); the second layers and the heads stay separate. About a quarter more steps/s, and
-    more learned per step: at 8M steps ahead on 7 of 8 seeds, mean training return 52.5 against
-    39.9 with separate towers (docs/results.md, 2026-12-02)."""
+    shared_layers: int = 2
+    """Layers of the torso, counted from the input, that actor and critic share: 0 two separate
+    towers (the MinAtar baselines' choice), 1 the first layer (the frame's product, most of the
+    network's arithmetic), 2 the whole torso, only the heads apart. Sharing learned more per step:
+    training return at 8M steps, seeds 15-26, mean 41.2 with separate towers, 55.6 with the first
+    layer shared (ahead on 11 of 12), 71.0 with the whole torso (ahead of the first layer alone
+    on 9 of 12; lowest seed 48.7 against 30.3 and 30.5; 2026-12-02/03, docs/results.md).
+    A likely reason, not tested apart: the value loss's gradient, a denser signal than the
+    policy's, then shapes the features the policy reads."""
     precision: str = "float32"
     """Matrix products of the network in rollouts and updates: "float32", or "bfloat16" (autocast;
     weights, optimiser and losses stay float32). Evaluation and the instruments run in float32."""
@@ -139,6 +143,7 @@ class Config:
             (self.precision in ("float32", "bfloat16"),
              f"precision must be 'float32' or 'bfloat16', got {self.precision!r}"),
             (self.hidden > 0, "hidden must be positive"),
+            (self.shared_layers in (0, 1, 2), f"shared_layers must be 0, 1 or 2, got {self.shared_layers}"),
             (self.checkpoint_every > 0, "checkpoint_every must be positive"),
         ]
         for ok, message in checks:
@@ -156,6 +161,10 @@ class Config:
     def from_saved(cls, values: dict) -> "Config":
         """A config read back from a checkpoint or a run's config.json, of this version or an
         older one: a field the older version lacked gets the value those runs used."""
+        values = dict(values)
+        for old, (new, convert) in RENAMED_FIELDS.items():
+            if old in values:
+                values.setdefault(new, convert(values.pop(old)))
         return cls.from_dict({**FIELDS_BEFORE_THEY_EXISTED, **values})
 
     @classmethod
@@ -170,7 +179,13 @@ class Config:
 # Fields added after runs were saved without them, with the value those runs actually used (not
 # today's default): a saved config must say how its agent was trained.
 FIELDS_BEFORE_THEY_EXISTED = {"partial_wall_starts": 0.0, "clip_value": True, "anneal_ent": False,
-                             "random_ball_starts": False, "shared_input_layer": False}
+                             "random_ball_starts": False, "shared_layers": 0}
+
+# Fields renamed since runs were saved with them: old name -> how to read its value today.
+RENAMED_FIELDS = {
+    # 2026-12-03: the on/off switch for sharing the first layer became a count of shared layers.
+    "shared_input_layer": ("shared_layers", int),
+}
 
 PRESETS = {
     "default": {},

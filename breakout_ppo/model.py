@@ -1,9 +1,11 @@
 """Actor-critic networks for 10x10x4 MinAtar frames.
 
 Two towers, each a torso and a linear head: the actor's gives the logits of the 3 actions, the
-critic's the state value. Sharing nothing keeps the value loss from pulling on the policy's
-features, which is what the MinAtar PPO baselines do. Layer names are stable (`actor.torso.0`,
-`actor.head`, `critic.head`, ...) because the instruments attach to layers by name.
+critic's the state value. The MinAtar PPO baselines share nothing between them; here the towers
+may share the torso's first layer or all of it (`Config.shared_layers`; the default shares all,
+which learned faster per step). A shared layer keeps both names, so layer names are stable
+(`actor.torso.1`, `critic.torso.1`, `actor.head`, `critic.head`, ...): the instruments attach to
+layers by name.
 """
 
 from __future__ import annotations
@@ -81,25 +83,28 @@ class Tower(nn.Module):
 class ActorCritic(nn.Module):
     """`forward(obs) -> (logits (N, 3), value (N,))` on float frames (N, 4, 10, 10).
 
-    With `shared_input_layer` the two towers share their first layer (and its ReLU): one module
-    under both towers' names (`Taps` answers to either; `named_modules()` lists it once, as the
-    actor's), run once per forward. It is the network's costliest product; the rest of each tower
-    and the heads stay apart.
+    `shared_layers` of the torso's layers, counted from the input, are shared by the two towers:
+    one module under both towers' names (`Taps` answers to either; `named_modules()` lists it once,
+    as the actor's), run once per forward. 0 gives two separate towers, 1 shares the first layer
+    (the network's costliest product), 2 the whole torso, so that only the heads stay apart.
     """
 
-    def __init__(self, arch: str = "mlp", hidden: int = 64, shared_input_layer: bool = False):
+    def __init__(self, arch: str = "mlp", hidden: int = 64, shared_layers: int = 0):
         super().__init__()
-        self.arch, self.hidden, self.shared_input_layer = arch, hidden, shared_input_layer
+        if shared_layers not in (0, 1, 2):
+            raise ValueError(f"shared_layers must be 0, 1 or 2 (the torso has two layers), got {shared_layers!r}")
+        self.arch, self.hidden, self.shared_layers = arch, hidden, shared_layers
         self.actor = Tower(arch, hidden, NUM_ACTIONS, head_gain=0.01)
         self.critic = Tower(arch, hidden, 1, head_gain=1.0)
-        # The torso's modules up to and including the first layer's ReLU.
-        self.shared_depth = {"mlp": 3, "cnn": 2}[arch] if shared_input_layer else 0
+        # How many of the torso's modules (a layer with its ReLU, and the Flatten) make up the
+        # first k layers.
+        self.shared_depth = {"mlp": (0, 3, 5), "cnn": (0, 2, 5)}[arch][shared_layers]
         for i in range(self.shared_depth):
             self.critic.torso[i] = self.actor.torso[i]
 
     @classmethod
     def from_config(cls, config) -> "ActorCritic":
-        return cls(config.arch, config.hidden, config.shared_input_layer)
+        return cls(config.arch, config.hidden, config.shared_layers)
 
     def forward(self, obs: torch.Tensor):
         if not self.shared_depth:

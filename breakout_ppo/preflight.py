@@ -44,7 +44,7 @@ def check_entropy_term(config: Config, seed: int = 0) -> EntropyCheck:
     global RNG as it found it.
     """
     probe = preset("smoke").replace(arch=config.arch, hidden=config.hidden,
-                                    shared_input_layer=config.shared_input_layer, clip_coef=config.clip_coef,
+                                    shared_layers=config.shared_layers, clip_coef=config.clip_coef,
                                     vf_coef=config.vf_coef, max_grad_norm=config.max_grad_norm,
                                     norm_adv=config.norm_adv, learning_rate=config.learning_rate)
     with torch.random.fork_rng(devices=[]):

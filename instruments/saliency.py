@@ -338,7 +338,7 @@ def layers_from_output(model: nn.Module, frames: torch.Tensor) -> list[list[str]
     Depth is the fewest parameterised layers between a layer's output and any model output in the
     autograd graph of one forward pass, so parallel towers are peeled together: for ActorCritic,
     [[actor.head, critic.head], [actor.torso.3, critic.torso.3], [actor.torso.1, critic.torso.1]].
-    A first layer the towers share is one layer, listed once under the actor's name.
+    A layer the towers share is one layer, listed once under the actor's name.
     """
     leaves = {name: m for name, m in model.named_modules()
               if next(m.children(), None) is None and next(m.parameters(recurse=False), None) is not None}

@@ -28,10 +28,10 @@ def test_load_agent_returns_the_saved_model_and_config(tmp_path):
 
 def test_separate_towers_under_a_config_that_shares_them_are_refused(tmp_path):
     # Loading them into a shared model would keep one first layer and drop the other without a word.
-    config = preset("smoke", hidden=32, shared_input_layer=True)
-    separate = ActorCritic(config.arch, config.hidden, shared_input_layer=False)
+    config = preset("smoke", hidden=32, shared_layers=1)
+    separate = ActorCritic(config.arch, config.hidden, shared_layers=0)
     path = save_model(tmp_path / "m.pt", separate.state_dict(), config, global_step=7, elapsed_seconds=1.0)
-    with pytest.raises(CheckpointError, match="shares the first layer"):
+    with pytest.raises(CheckpointError, match="shares torso.1.weight between actor and critic"):
         load_agent(path)
 
 
@@ -176,7 +176,7 @@ def test_stop_at_step_keeps_the_schedule_and_resumes_bit_for_bit(tmp_path):
 
 
 @pytest.mark.parametrize("field, then", [("partial_wall_starts", 0.0), ("clip_value", True),
-                                         ("random_ball_starts", False)])
+                                         ("random_ball_starts", False), ("shared_layers", 0)])
 def test_a_checkpoint_from_before_a_field_existed_says_how_it_trained(field, then):
     # Its config lacks the field: it trained as the code did then (full walls, a clipped value
     # loss, the ball from MinAtar's start), whatever today's default.
@@ -187,13 +187,25 @@ def test_a_checkpoint_from_before_a_field_existed_says_how_it_trained(field, the
     assert config_from_checkpoint({"config": preset("smoke").to_dict()}) == preset("smoke")
 
 
-def test_a_shared_input_layer_survives_the_round_trip(tmp_path):
-    config = preset("smoke", shared_input_layer=True)
+@pytest.mark.parametrize("shared_layers, shared_modules", [(1, [1]), (2, [1, 3])])
+def test_shared_layers_survive_the_round_trip(tmp_path, shared_layers, shared_modules):
+    config = preset("smoke", shared_layers=shared_layers)
     model = ActorCritic.from_config(config)
     path = save_model(tmp_path / "m.pt", model.state_dict(), config, global_step=0, elapsed_seconds=0.0)
     loaded, loaded_config = load_agent(path)
-    assert loaded_config.shared_input_layer
-    assert loaded.critic.torso[1] is loaded.actor.torso[1]  # still one module, not two copies
+    assert loaded_config == config
+    for i in shared_modules:
+        assert loaded.critic.torso[i] is loaded.actor.torso[i]  # still one module, not two copies
+    assert (loaded.critic.torso[3] is loaded.actor.torso[3]) == (3 in shared_modules)
     frames = torch.rand(5, 4, 10, 10).round()
     for mine, theirs in zip(model(frames), loaded(frames)):
         assert torch.equal(mine, theirs)
+
+
+@pytest.mark.parametrize("saved, shared_layers", [(True, 1), (False, 0)])
+def test_a_config_saved_with_shared_input_layer_reads_back_as_a_count_of_shared_layers(saved, shared_layers):
+    # The field's name and type until 2026-12-03: a switch for sharing the first layer.
+    old = preset("smoke").to_dict()
+    del old["shared_layers"]
+    old["shared_input_layer"] = saved
+    assert config_from_checkpoint({"config": old}) == preset("smoke", shared_layers=shared_layers)

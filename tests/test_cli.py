@@ -63,6 +63,7 @@ BAD_FLAGS = [
     ("train", "--num-minibatches", "7"),
     ("train", "--arch", "transformer"),
     ("train", "--precision", "float8"),
+    ("train", "--shared-layers", "3"),
     ("train", "--preset", "huge"),
     ("train", "--max-episode-steps", "forever"),
     ("train", "--snapshot-at", "soon"),

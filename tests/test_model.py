@@ -77,7 +77,7 @@ def test_mlp_keeps_the_full_first_layer_and_its_initialisation():
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
 def test_a_shared_input_layer_is_one_module_run_once_under_both_names(arch):
     torch.manual_seed(0)
-    model = ActorCritic(arch, 32, shared_input_layer=True)
+    model = ActorCritic(arch, 32, shared_layers=1)
     first = model.get_submodule("actor.torso.1" if arch == "mlp" else "actor.torso.0")
     assert model.get_submodule("critic.torso.1" if arch == "mlp" else "critic.torso.0") is first
     assert model.actor.torso[-2] is not model.critic.torso[-2]  # second layers stay apart
@@ -94,9 +94,38 @@ def test_a_shared_input_layer_is_one_module_run_once_under_both_names(arch):
     torch.testing.assert_close(value, model.critic(x).squeeze(-1))
 
 
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_a_shared_torso_is_one_module_per_layer_and_only_the_heads_are_apart(arch):
+    torch.manual_seed(0)
+    model = ActorCritic(arch, 32, shared_layers=2)
+    for actor_layer, critic_layer in zip(model.actor.torso, model.critic.torso):
+        assert actor_layer is critic_layer
+    assert model.actor.head is not model.critic.head
+    calls = []
+    handles = [layer.register_forward_hook(lambda *_: calls.append(1)) for layer in model.actor.torso]
+    try:
+        x = (torch.rand(6, NUM_CHANNELS, GRID, GRID) < 0.2).float()
+        logits, value = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(calls) == len(model.actor.torso)  # each shared layer runs once per forward
+    torch.testing.assert_close(logits, model.actor(x))
+    torch.testing.assert_close(value, model.critic(x).squeeze(-1))
+    # The parameters of one torso and two heads.
+    separate = ActorCritic(arch, 32)
+    torso = sum(p.numel() for p in separate.actor.torso.parameters())
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in separate.parameters()) - torso
+
+
+def test_sharing_more_layers_than_the_torso_has_is_refused():
+    with pytest.raises(ValueError, match="shared_layers must be 0, 1 or 2"):
+        ActorCritic("mlp", 32, shared_layers=3)
+
+
 def test_the_shared_layer_learns_from_both_losses():
     torch.manual_seed(0)
-    model = ActorCritic("mlp", 32, shared_input_layer=True)
+    model = ActorCritic("mlp", 32, shared_layers=1)
     x = (torch.rand(16, NUM_CHANNELS, GRID, GRID) < 0.2).float()
 
     def first_layer_grad(loss_of):
