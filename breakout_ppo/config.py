@@ -56,11 +56,12 @@ class Config:
     arch: str = "mlp"
     """Torso of both towers: "mlp" on the flattened frame or "cnn" (MinAtar's 16 3x3 filters)."""
     hidden: int = 128
-    """Width of the torso layers. With the torso shared, 128 learned far more per step than 64:
-    training return at 4M / 8M steps on seeds 3, 20, 21, 23 (64's weakest of 13) 53.3-56.7 /
-    82.3-88.6, against 30.1-40.0 / 48.7-51.4; it runs at about 0.78x the steps/s of 64, and on the
-    wall clock held both time-to-score gates on seeds 1-6 where 64 held them on five
-    (2026-12-03, docs/results.md). With separate towers 128 was no better per step (2026-11-24)."""
+    """Width of the torso layers. With the torso shared, 128 learned more per step than 64:
+    training return at 8M steps on seeds 3, 15-18, 20, 21, 23, mean 77.2 against 57.4 (ahead on
+    6 of 8; 64's four weakest went from 49-51 to 82-89, seed 15 fell from 59.2 to 40.7). It runs
+    at 0.72-0.80x the steps/s of 64, and on the wall clock held both time-to-score gates on seeds
+    1-6 where 64 held them on five (2026-12-03, docs/results.md). With separate towers 128 was no
+    better per step (2026-11-24)."""
     shared_layers: int = 2
     """Layers of the torso, counted from the input, that actor and critic share: 0 two separate
     towers (the MinAtar baselines' choice), 1 the first layer (the frame's product, most of the
