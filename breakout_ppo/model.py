@@ -3,7 +3,7 @@
 Two towers, each a torso and a linear head: the actor's gives the logits of the 3 actions, the
 critic's the state value. The MinAtar PPO baselines share nothing between them; here the towers
 may share the torso's first layer or all of it (`Config.shared_layers`; the default shares all,
-which learned faster per step). A shared layer keeps both names, so layer names are stable
+which learned more per step). A shared layer keeps both names, so layer names are stable
 (`actor.torso.1`, `critic.torso.1`, `actor.head`, `critic.head`, ...): the instruments attach to
 layers by name.
 """

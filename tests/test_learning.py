@@ -12,7 +12,7 @@ RANDOM_PLAY = 0.5  # MinAtar README: a uniformly random policy scores about 0.5 
 
 @pytest.mark.slow
 def test_a_short_run_learns_to_play(tmp_path):
-    # About 60-80 s on a 2-core CPU. The default preset, stopped early: the learning-rate schedule
+    # About 1-2 minutes on a 2-core CPU. The default preset, stopped early: the learning-rate schedule
     # follows the shorter budget. 2M steps, not 1M: with episodes starting from partial walls
     # the first million is slower (seed 3 at 1M with a quarter of them: 9.2, without: 15.1).
     config = preset("default", total_steps=2_000_000, seed=3)
