@@ -74,48 +74,35 @@ def test_mlp_keeps_the_full_first_layer_and_its_initialisation():
     torch.testing.assert_close(first.weight.norm(dim=1), torch.full((64,), 2**0.5))
 
 
+@pytest.mark.parametrize("shared_layers", [1, 2])
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
-def test_a_shared_input_layer_is_one_module_run_once_under_both_names(arch):
+def test_shared_layers_are_one_module_each_run_once_under_both_names(arch, shared_layers):
     torch.manual_seed(0)
-    model = ActorCritic(arch, 32, shared_layers=1)
-    first = model.get_submodule("actor.torso.1" if arch == "mlp" else "actor.torso.0")
-    assert model.get_submodule("critic.torso.1" if arch == "mlp" else "critic.torso.0") is first
-    assert model.actor.torso[-2] is not model.critic.torso[-2]  # second layers stay apart
-    calls = []
-    handle = first.register_forward_hook(lambda *_: calls.append(1))
-    try:
-        x = (torch.rand(6, NUM_CHANNELS, GRID, GRID) < 0.2).float()
-        logits, value = model(x)
-    finally:
-        handle.remove()
-    assert len(calls) == 1
-    # The same function as running each tower on its own (through the shared layer twice).
-    torch.testing.assert_close(logits, model.actor(x))
-    torch.testing.assert_close(value, model.critic(x).squeeze(-1))
-
-
-@pytest.mark.parametrize("arch", ["mlp", "cnn"])
-def test_a_shared_torso_is_one_module_per_layer_and_only_the_heads_are_apart(arch):
-    torch.manual_seed(0)
-    model = ActorCritic(arch, 32, shared_layers=2)
-    for actor_layer, critic_layer in zip(model.actor.torso, model.critic.torso):
+    model = ActorCritic(arch, 32, shared_layers=shared_layers)
+    depth = model.shared_depth  # torso modules of the first `shared_layers` layers
+    assert depth == {1: 3 if arch == "mlp" else 2, 2: len(model.actor.torso)}[shared_layers]
+    for actor_layer, critic_layer in zip(model.actor.torso[:depth], model.critic.torso[:depth]):
         assert actor_layer is critic_layer
+    for actor_layer, critic_layer in zip(model.actor.torso[depth:], model.critic.torso[depth:]):
+        if next(actor_layer.parameters(), None) is not None:
+            assert actor_layer is not critic_layer  # layers past the shared ones stay apart
     assert model.actor.head is not model.critic.head
     calls = []
-    handles = [layer.register_forward_hook(lambda *_: calls.append(1)) for layer in model.actor.torso]
+    handles = [layer.register_forward_hook(lambda *_: calls.append(1)) for layer in model.actor.torso[:depth]]
     try:
         x = (torch.rand(6, NUM_CHANNELS, GRID, GRID) < 0.2).float()
         logits, value = model(x)
     finally:
         for handle in handles:
             handle.remove()
-    assert len(calls) == len(model.actor.torso)  # each shared layer runs once per forward
+    assert len(calls) == depth  # each shared module runs once per forward
+    # The same function as running each tower on its own (through the shared layers twice).
     torch.testing.assert_close(logits, model.actor(x))
     torch.testing.assert_close(value, model.critic(x).squeeze(-1))
-    # The parameters of one torso and two heads.
+    # One set of parameters for what is shared: the optimiser sees each once.
     separate = ActorCritic(arch, 32)
-    torso = sum(p.numel() for p in separate.actor.torso.parameters())
-    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in separate.parameters()) - torso
+    shared = sum(p.numel() for p in separate.actor.torso[:depth].parameters())
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in separate.parameters()) - shared
 
 
 def test_sharing_more_layers_than_the_torso_has_is_refused():
