@@ -38,11 +38,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-import breakout_ppo.ppo as ppo  # noqa: E402
-import breakout_ppo.train as training  # noqa: E402
-from breakout_ppo.config import preset  # noqa: E402
+import breakout_ppo.ppo as ppo
+import breakout_ppo.train as training
+from breakout_ppo.config import preset
 
 
 def loss_without_entropy(real_loss):

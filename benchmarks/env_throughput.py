@@ -27,16 +27,13 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from breakout_ppo.env import MINATAR_ACTIONS, BatchedBreakout  # noqa: E402
+from breakout_ppo.env import MINATAR_ACTIONS, BatchedBreakout
 
 BATCH_SIZES = (1, 64, 1024, 4096, 16384)
 CUDA_ONLY_BATCH_SIZES = (65536,)

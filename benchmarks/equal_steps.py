@@ -29,9 +29,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from bench_report import write_json  # noqa: E402
+from bench_report import write_json
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:

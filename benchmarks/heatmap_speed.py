@@ -14,19 +14,14 @@ heuristic acts on, so that the time includes the forward pass a trained agent wo
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench_report import write_json  # noqa: E402
-from breakout_ppo.config import Config  # noqa: E402
-from breakout_ppo.model import ActorCritic  # noqa: E402
-from instruments.heatmap import failure_heatmap, follow_ball_policy, policy_from_model, save_heatmap_png  # noqa: E402
+from bench_report import write_json
+from breakout_ppo.config import Config
+from breakout_ppo.model import ActorCritic
+from instruments.heatmap import failure_heatmap, follow_ball_policy, policy_from_model, save_heatmap_png
 
 
 def load_checkpoint_policy(path, greedy, seed):

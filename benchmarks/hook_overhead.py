@@ -34,17 +34,13 @@ import statistics
 import sys
 import time
 from contextlib import ExitStack
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench_report import write_json  # noqa: E402
-from breakout_ppo.env import BatchedBreakout  # noqa: E402
-from breakout_ppo.model import ActorCritic  # noqa: E402
-from instruments.hooks import Taps, layer_names  # noqa: E402
+from bench_report import write_json
+from breakout_ppo.env import BatchedBreakout
+from breakout_ppo.model import ActorCritic
+from instruments.hooks import Taps, layer_names
 
 DETACHED_BUDGET = 0.02
 COPIES = ("none", "control", "detached", "attached", "stats")

@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from breakout_ppo.config import preset  # noqa: E402
-from breakout_ppo.env import BatchedBreakout  # noqa: E402
-from breakout_ppo.model import ActorCritic  # noqa: E402
-from breakout_ppo.ppo import compute_gae, ppo_loss, sample_actions  # noqa: E402
+from breakout_ppo.config import preset
+from breakout_ppo.env import BatchedBreakout
+from breakout_ppo.model import ActorCritic
+from breakout_ppo.ppo import compute_gae, ppo_loss, sample_actions
 
 
 def parse_overrides(pairs):

@@ -21,11 +21,10 @@ from pathlib import Path
 
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from bench_report import write_json  # noqa: E402
-from breakout_ppo.checkpoint import load_agent, load_checkpoint  # noqa: E402
-from breakout_ppo.evaluate import evaluate  # noqa: E402
+from bench_report import write_json
+from breakout_ppo.checkpoint import load_agent, load_checkpoint
+from breakout_ppo.evaluate import evaluate
 
 
 def train_with_snapshots(seed, snapshots, logdir, extra_args):

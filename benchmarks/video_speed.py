@@ -15,17 +15,14 @@ import argparse
 import json
 import os
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import cv2
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from instruments.tensorboard import encode_gif  # noqa: E402
-from instruments.video import (  # noqa: E402
+from instruments.tensorboard import encode_gif
+from instruments.video import (
     FRAME_HEIGHT,
     FRAME_WIDTH,
     FrameRenderer,

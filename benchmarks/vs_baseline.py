@@ -21,14 +21,11 @@ Breakout capped at 10,000 steps with the sampled policy. Run it on an otherwise 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_report import write_json  # noqa: E402
-from train_speed import evaluate_snapshots, time_to_targets, train_with_snapshots, training_curve  # noqa: E402
+from bench_report import write_json
+from train_speed import evaluate_snapshots, time_to_targets, train_with_snapshots, training_curve
 
 BASELINE_FLAGS = ["--num-envs", "64", "--num-steps", "128", "--num-minibatches", "8", "--update-epochs", "4",
                   "--learning-rate", "5e-3", "--total-steps", "20000000", "--ent-coef", "0.01",
