@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 
 from breakout_ppo.config import Config
-from breakout_ppo.env import BreakoutState
 from breakout_ppo.model import ActorCritic
 
 FORMAT = "breakout-ppo-checkpoint"
@@ -38,13 +37,7 @@ def save_checkpoint(path, *, model, optimizer, config: Config, env, global_step:
         "config": config.to_dict(),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "env": {
-            "state": {name: t.cpu() for name, t in env.state._asdict().items()},
-            "episode_return": env.episode_return.cpu(),
-            "episode_length": env.episode_length.cpu(),
-            "episode_refills": env.episode_refills.cpu(),
-            "partial_start": env.partial_start.cpu(),
-        },
+        "env": env.save_state(),
         "global_step": int(global_step),
         "update": int(update),
         "rng": {
@@ -151,11 +144,5 @@ def load_agent(path, device="cpu"):
 
 def restore_env(env, payload: dict) -> None:
     """Put the saved game states, episode counters and env RNG back into `env`."""
-    saved = payload["env"]
-    env.set_state(BreakoutState(**{name: t.to(env.device) for name, t in saved["state"].items()}))
-    env.episode_return = saved["episode_return"].to(env.device)
-    env.episode_length = saved["episode_length"].to(env.device)
-    env.episode_refills = saved["episode_refills"].to(env.device)
-    if "partial_start" in saved:  # checkpoints from before partial-wall starts have none
-        env.partial_start = saved["partial_start"].to(env.device)
+    env.load_state(payload["env"])  # checkpoints from before partial-wall starts have no partial_start
     env.generator.set_state(payload["rng"]["env"])

@@ -301,22 +301,11 @@ def failure_heatmap(policy: Policy, episodes: int = 1000, last_k: int = 8, max_e
             slots.write_into(everyone)
             rows = slots.active.nonzero().squeeze(1)
             compactions += 1
-            env = _env_subset(env, rows, seed=seed + 1_000_003 * compactions)
+            env = env.select(rows, seed=seed + 1_000_003 * compactions)
             slots = slots.select(rows)
             obs, state = env.observe(), env.get_state()
     slots.write_into(everyone)
     return _summarise(everyone, position_counts, last_k, max_episode_steps, sticky_action_prob)
-
-
-def _env_subset(env: BatchedBreakout, rows: torch.Tensor, seed: int) -> BatchedBreakout:
-    """A new env holding only the games in `rows` of `env`, mid-episode, counters included."""
-    smaller = BatchedBreakout(len(rows), device=env.device, sticky_action_prob=env.sticky_action_prob,
-                              max_episode_steps=env.max_episode_steps, seed=seed)
-    smaller.set_state(BreakoutState(*(t.index_select(0, rows) for t in env.get_state())))
-    smaller.episode_return = env.episode_return.index_select(0, rows)
-    smaller.episode_length = env.episode_length.index_select(0, rows)
-    smaller.episode_refills = env.episode_refills.index_select(0, rows)
-    return smaller
 
 
 def _popcount(bricks: torch.Tensor) -> torch.Tensor:

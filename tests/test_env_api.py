@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from breakout_ppo.env import MINATAR_ACTIONS, BatchedBreakout, BreakoutState, bricks_to_grid, grid_to_bricks
+from breakout_ppo.env import (EPISODE_COUNTERS, MINATAR_ACTIONS, BatchedBreakout, BreakoutState, bricks_to_grid,
+                              grid_to_bricks)
 from minatar_reference import (
     UP_RIGHT,
     crafted_game,
@@ -289,6 +290,39 @@ def test_get_state_and_set_state_copy():
     state.paddle_x.fill_(9)  # and so does changing the state after handing it over
     assert (env.get_state().paddle_x == 0).all()
     assert (env.observe()[:, 0, 9, 0] == 1).all()
+
+
+def test_save_state_and_load_state_carry_the_episode_counters():
+    # Partial walls on, so that which episodes began from one is part of the state too.
+    def make():
+        return BatchedBreakout(16, sticky_action_prob=0.1, max_episode_steps=40, seed=8, partial_wall_prob=0.5)
+
+    env, act = make(), random_actions(16, seed=8)
+    env.reset()
+    for _ in range(30):
+        env.step(act())
+    saved = env.save_state()
+    assert list(saved) == ["state", *EPISODE_COUNTERS] and list(saved["state"]) == list(BreakoutState._fields)
+    assert all(t.device.type == "cpu" for t in [*saved["state"].values(), *(saved[n] for n in EPISODE_COUNTERS)])
+    twin = make()
+    assert torch.equal(twin.load_state(saved), env.observe())
+    twin.generator.set_state(env.generator.get_state())
+    for _ in range(30):  # long enough for episodes to end at the cap and start again
+        actions = act()
+        obs, reward, terminated, truncated, info = env.step(actions)
+        twin_obs, twin_reward, twin_terminated, twin_truncated, twin_info = twin.step(actions)
+        assert torch.equal(obs, twin_obs) and torch.equal(reward, twin_reward)
+        assert torch.equal(terminated, twin_terminated) and torch.equal(truncated, twin_truncated)
+        for name in EPISODE_COUNTERS:
+            assert torch.equal(getattr(info, name), getattr(twin_info, name)), name
+            assert torch.equal(getattr(env, name), getattr(twin, name)), name
+
+    # Saved before partial-wall starts existed: no partial_start, and the env keeps its own.
+    kept = twin.partial_start.clone()
+    twin.load_state({name: value for name, value in env.save_state().items() if name != "partial_start"})
+    assert torch.equal(twin.partial_start, kept)
+    with pytest.raises(ValueError, match="episode_length has shape"):
+        twin.load_state({**saved, "episode_length": saved["episode_length"][:3]})
 
 
 def test_sticky_probability_one_always_repeats_and_zero_never_does():

@@ -11,7 +11,6 @@ from breakout_ppo.env import GRID, MINATAR_ACTIONS, PADDLE_ROW, BatchedBreakout
 from breakout_ppo.model import ActorCritic
 from instruments.heatmap import (
     FailureHeatmap,
-    _env_subset,
     failure_heatmap,
     follow_ball_policy,
     policy_from_model,
@@ -203,7 +202,7 @@ def test_compacted_env_plays_on_exactly_as_the_original():
     for _ in range(20):
         env.step(torch.randint(3, (n,), generator=generator))
     rows = torch.tensor([1, 4, 5, 10])
-    smaller = _env_subset(env, rows, seed=99)
+    smaller = env.select(rows, seed=99)
     torch.testing.assert_close(smaller.observe(), env.observe()[rows])
     for _ in range(40):
         actions = torch.randint(3, (n,), generator=generator)

@@ -15,7 +15,7 @@ Every game in the batch steps at once, on CPU or GPU, with exactly the dynamics 
 Everything public is re-exported here, so `from breakout_ppo.env import X` is the way in.
 """
 
-from breakout_ppo.env.batched import BatchedBreakout, StepInfo
+from breakout_ppo.env.batched import EPISODE_COUNTERS, BatchedBreakout, StepInfo
 from breakout_ppo.env.packed import (
     ACTION,
     BALL,
@@ -72,5 +72,5 @@ __all__ = [
     "ACTION", "BALL", "DIRECTION", "GAME_BITS", "PADDLE", "STRIKE", "TRAIL", "Field", "PackedGames",
     "PackedStep", "events_of", "pack", "render", "step_game", "step_packed", "unpack",
     # batched.py
-    "BatchedBreakout", "StepInfo",
+    "EPISODE_COUNTERS", "BatchedBreakout", "StepInfo",
 ]

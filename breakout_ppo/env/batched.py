@@ -5,7 +5,7 @@ actions) and what a vectorised trainer needs (auto-reset, episode statistics, an
 cap, observations kept up to date in place, and, for training only, optional starts from partial
 walls); `StepInfo` is what each step reports besides the observation, reward and end flags.
 The readable `BreakoutState` (one tensor per field) is what `get_state`/`set_state` and
-`info.final_state` speak.
+`info.final_state` speak; `save_state`/`load_state` and `select` carry the episode counters too.
 """
 
 from __future__ import annotations
@@ -312,10 +312,52 @@ class BatchedBreakout:
         self.games = pack(state.to(self.device))
         return self._render_obs()
 
+    def save_state(self) -> dict:
+        """Every game's state and episode counters as CPU tensors, for a checkpoint.
+
+        `{"state": {field: tensor}, "episode_return": ..., "episode_length": ...,
+        "episode_refills": ..., "partial_start": ...}`, in that order: checkpoints store this dict
+        as it is, so its keys are their format. The generator is not in it: a checkpoint keeps it
+        with the other random states."""
+        saved = {"state": {name: t.cpu() for name, t in self.state._asdict().items()}}
+        saved.update((name, getattr(self, name).cpu()) for name in EPISODE_COUNTERS)
+        return saved
+
+    def load_state(self, saved: dict) -> torch.Tensor:
+        """Put back what `save_state` returned (game states and episode counters); returns the
+        observation. A dict from before partial-wall starts has no `partial_start`: the env keeps
+        its own."""
+        self.set_state(BreakoutState(**{name: t.to(self.device) for name, t in saved["state"].items()}))
+        for name in EPISODE_COUNTERS:
+            if name == "partial_start" and name not in saved:
+                continue
+            if tuple(saved[name].shape) != (self.num_envs,):
+                raise ValueError(f"{name} has shape {tuple(saved[name].shape)}, expected ({self.num_envs},)")
+            setattr(self, name, saved[name].to(self.device))
+        return self._obs
+
+    def select(self, rows: torch.Tensor, seed: int) -> "BatchedBreakout":
+        """A new env holding only the games in `rows` (int64 indices) of this one, mid-episode,
+        episode counters included, with the same options.
+
+        A generator cannot be split by rows, so the new env draws from its own, seeded `seed`:
+        same statistics, other samples."""
+        smaller = BatchedBreakout(len(rows), device=self.device, sticky_action_prob=self.sticky_action_prob,
+                                  max_episode_steps=self.max_episode_steps, seed=seed,
+                                  partial_wall_prob=self.partial_wall_prob, random_ball_starts=self.random_ball_starts)
+        smaller.set_state(BreakoutState(*(t.index_select(0, rows) for t in self.get_state())))
+        for name in EPISODE_COUNTERS:
+            setattr(smaller, name, getattr(self, name).index_select(0, rows))
+        return smaller
+
     def observe(self) -> torch.Tensor:
         """The current observation, without stepping."""
         return self._obs
 
+
+# What an episode has gathered so far, per game, beside its game state: `save_state`, `load_state`
+# and `select` carry these.
+EPISODE_COUNTERS = ("episode_return", "episode_length", "episode_refills", "partial_start")
 _BALL_START_BITS = BALL.bits | DIRECTION.bits | TRAIL.bits  # the fields a ball start sets
 _BRICK_ROWS_CELL = 3 * GRID * GRID + FIRST_BRICK_ROW * GRID  # first cell of brick rows 1-3 in a frame
 _TWO_ONES = torch.tensor([1.0, 1.0]).view(torch.int64).item()  # two float32 1.0s as one int64 word
