@@ -1,13 +1,19 @@
 """Checkpoints: round trip, bit-for-bit resume, and every kind of bad file."""
 
+import importlib.util
+import io
+import json
 import pickle
 import random
+from pathlib import Path
 
 import pytest
 import torch
 
-from breakout_ppo.checkpoint import CheckpointError, config_from_checkpoint, load_agent, load_checkpoint, save_model
+from breakout_ppo.checkpoint import (CheckpointError, config_from_checkpoint, load_agent, load_checkpoint, restore_env,
+                                     save_model)
 from breakout_ppo.config import preset
+from breakout_ppo.env import BatchedBreakout
 from breakout_ppo.model import ActorCritic
 from breakout_ppo.train import train
 from ctrl_c import interrupt_after
@@ -209,3 +215,41 @@ def test_a_config_saved_with_shared_input_layer_reads_back_as_a_count_of_shared_
     del old["shared_layers"]
     old["shared_input_layer"] = saved
     assert config_from_checkpoint({"config": old}) == preset("smoke", shared_layers=shared_layers)
+
+
+PRE_SPLIT = Path(__file__).parent / "data"
+
+
+def test_a_checkpoint_from_before_the_env_split_resumes_bit_for_bit(tmp_path):
+    # The fixture was written by the code before breakout_ppo/env.py became a package, and the JSON
+    # holds a digest of where that old code got to by resuming it for 2 updates: both made by
+    # tests/data/make_pre_split_checkpoint.py, which says how.
+    spec = importlib.util.spec_from_file_location("make_pre_split_checkpoint",
+                                                  PRE_SPLIT / "make_pre_split_checkpoint.py")
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    record = json.loads((PRE_SPLIT / "pre_split_checkpoint.json").read_text())
+    fixture = PRE_SPLIT / "pre_split_checkpoint.pt"
+    payload = load_checkpoint(fixture, resumable=True)
+    config = config_from_checkpoint(payload)
+    assert config == preset("smoke", **maker.CONFIG)
+
+    # The env's part is integers: it reads back, and saves again, byte for byte on any machine.
+    env = BatchedBreakout(config.num_envs)
+    restore_env(env, payload)
+    saved = env.save_state()
+    assert list(saved) == list(payload["env"]) and list(saved["state"]) == list(payload["env"]["state"])
+
+    def serialised(value):
+        buffer = io.BytesIO()
+        torch.save(value, buffer)
+        return buffer.getvalue()
+
+    assert serialised(saved) == serialised(payload["env"])
+
+    # Training on from it is float32 arithmetic: bit for bit only under the torch that made the digest.
+    if torch.__version__ != record["torch"]:
+        pytest.skip(f"the digest was made under torch {record['torch']}, this is {torch.__version__}")
+    rest = train(config, tmp_path / "rest", resume=fixture)
+    assert rest.updates == record["resumed_updates"]
+    assert maker.digest(load_checkpoint(rest.last_checkpoint, resumable=True)) == record["digest_after_resume"]
