@@ -286,29 +286,47 @@ def inspect(checkpoint, episodes, out_dir, seed, max_video_steps, tensorboard, d
 
 @cli.command()
 @click.option("--name", default=None,
-              help="Directory under --logdir (default: sweep-<swept fields>, so the same command continues it).")
+              help="The study's name and its directory under --logdir (default: sweep-<swept fields>, so the "
+                   "same command continues it).")
 @click.option("--preset", "preset_name", type=click.Choice(list(PRESETS)), default="default", show_default=True,
               help="Starting point of every run's config; the flags below override it.")
 @click.option("--logdir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_LOGDIR,
-              show_default=True, help="Parent directory of the sweep.")
+              show_default=True, help="Parent directory of the sweep (share it, e.g. over NFS, across machines "
+                                      "so a trial taken over resumes from its checkpoint).")
+@click.option("--storage", envvar="BREAKOUT_PPO_STORAGE", default=None, metavar="URL",
+              help="Optuna storage of the study [default: sqlite:///<logdir>/<name>/study.db; env "
+                   "BREAKOUT_PPO_STORAGE]. postgresql+psycopg://user:password@host/db lets workers on other "
+                   "machines join (pip install -e '.[postgres]').")
 @click.option("--seeds", "seed_count", type=click.IntRange(min=1), default=None,
               help="Seeds 1..N per grid point [default: 3]; or pick them with --seed A,B,...")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Trainings at once, each a process with (cores // workers) threads.")
+              help="Workers on this machine, each a process with (cores // workers) threads training one trial "
+                   "at a time.")
 @click.option("--eval-episodes", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Episodes of each run's final evaluation (sampled policy, sticky 0.1, 10,000-step cap).")
-@click.option("--dry-run", is_flag=True, help="List the runs and whether each would be skipped, resumed or started.")
+@click.option("--heartbeat", type=click.IntRange(min=1), default=60, show_default=True, metavar="SECONDS",
+              help="A running trial's heartbeat interval; after three missed its worker counts as dead and "
+                   "another takes the trial over.")
+@click.option("--max-retries", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Times a trial that failed (an error, NaN, a dead worker) is queued again; Ctrl-C is not counted.")
+@click.option("--dry-run", is_flag=True, help="List the runs and the state of each in the study: complete, "
+                                              "running, waiting, failed or new.")
 @device_option
 @config_value_list_options
-def sweep(name, preset_name, logdir, seed_count, workers, eval_episodes, dry_run, device, **values):
-    """Train a grid of configs x seeds, evaluate each run, and write a report.
+def sweep(name, preset_name, logdir, storage, seed_count, workers, eval_episodes, heartbeat, max_retries, dry_run,
+          device, **values):
+    """Train a grid of configs x seeds as an Optuna study, evaluate each run, and write a report.
 
     Every config flag takes a comma list; several lists sweep their product
-    (`--ent-coef 0,0.01 --learning-rate 5e-3,2.5e-3` is 4 points), one value fixes the field. Runs
-    go to <logdir>/<name>/<field=value,...,seed=S>/, the report (Markdown and PNGs) to
-    <logdir>/<name>/report/. Run the same command again to skip complete runs and resume partial ones.
+    (`--ent-coef 0,0.01 --learning-rate 5e-3,2.5e-3` is 4 points), one value fixes the field. Each
+    point x seed is one trial, trained once: runs go to <logdir>/<name>/<field=value,...,seed=S>/,
+    the report (Markdown and PNGs, from the storage alone) to <logdir>/<name>/report/. The same
+    command, here or on another machine with the same --storage, joins the study; run it again
+    after a Ctrl-C or a crash to resume.
     """
-    from breakout_ppo.sweep import SweepError, SweepInterrupted, SweepPlan, run_state, run_sweep
+    from breakout_ppo.sweep import (OLD_PLAN_FILE, SweepError, SweepInterrupted, SweepPlan, default_storage,
+                                    describe_storage_state, open_storage, open_study, requeue_lost_trials,
+                                    run_states, safe_url, start_workers, wait_for_workers, work)
     from breakout_ppo.sweep_report import write_report
 
     values = {k: tuple(None if x == NO_LIMIT else x for x in v) for k, v in values.items() if v is not None}
@@ -320,28 +338,40 @@ def sweep(name, preset_name, logdir, seed_count, workers, eval_episodes, dry_run
         runs = plan.runs()
     except (ValueError, TypeError) as error:
         raise click.UsageError(str(error)) from None
-    sweep_dir = logdir / (name or "sweep-" + "-".join(plan.swept or ["seeds"]))
+    name = name or "sweep-" + "-".join(plan.swept or ["seeds"])
+    sweep_dir = logdir / name
+    storage_url = storage or default_storage(sweep_dir)
     device = str(resolve_device(device))
     try:
+        if (sweep_dir / OLD_PLAN_FILE).exists():
+            raise SweepError(f"{sweep_dir} holds a sweep of the old process pool ({OLD_PLAN_FILE}); move it away "
+                             "or choose another --name")
         if dry_run:
-            for run in runs:
-                click.echo(f"{run_state(sweep_dir / run.name, run.config):9} {sweep_dir / run.name}")
+            for run_name, state in describe_storage_state(storage_url, name, plan).items():
+                click.echo(f"{state:9} {sweep_dir / run_name}")
             return
-        click.echo(f"sweep {sweep_dir}: {len(runs)} runs of {runs[0].config.total_steps:,} steps, "
-                   f"{workers} at once on {device}")
-        outcome = run_sweep(plan, sweep_dir, workers=workers, device=device, echo=click.echo)
+        study_storage = open_storage(storage_url, heartbeat, max_retries)
+        study = open_study(study_storage, name, plan)
+        requeue_lost_trials(study, plan, max_retries)
+        click.echo(f"sweep {name} on {safe_url(storage_url)}: {len(runs)} runs of {runs[0].config.total_steps:,} "
+                   f"steps, {workers} worker(s) here on {device}")
+        if workers == 1:
+            work(study, study_storage, plan, sweep_dir, device, max_retries, echo=click.echo)
+        elif any(state in ("waiting", "running") for state in run_states(study, plan).values()):
+            wait_for_workers(start_workers(workers, storage_url, name, sweep_dir, device, heartbeat, max_retries))
     except SweepError as error:
         raise click.ClickException(str(error)) from None
-    except SweepInterrupted as stopped:
-        click.echo(f"interrupted: {stopped}; run the same command again to resume", err=True)
+    except (SweepInterrupted, KeyboardInterrupt) as stopped:
+        click.echo(f"interrupted: {stopped or 'stopped'}; run the same command again to resume", err=True)
         sys.exit(130)
-    if len(outcome.failed) < len(runs):
-        report = write_report(sweep_dir)
-        click.echo(f"{report.headline}\nreport: {report.markdown}")
-    if outcome.failed:
-        name, reason = outcome.failed[0]
-        raise click.ClickException(f"{len(outcome.failed)} of {len(runs)} runs failed, e.g. {name}: {reason} "
-                                   f"(logs: {sweep_dir}/<run>/train.log)")
+    report = write_report(study, sweep_dir / "report")
+    click.echo(f"{report.headline}\nreport: {report.markdown}")
+    if report.failed:
+        raise click.ClickException(f"{len(report.failed)} of {len(runs)} runs failed, e.g. {report.failed[0]} "
+                                   f"(the trials' user attribute `stopped` says why)")
+    if report.missing:
+        raise click.ClickException(f"{len(report.missing)} of {len(runs)} runs are not complete, e.g. "
+                                   f"{report.missing[0]}; run the same command again")
 
 
 def require_checkpoint(path: Path) -> None:

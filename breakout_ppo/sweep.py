@@ -1,14 +1,24 @@
-"""Hyperparameter sweeps: a grid of configs times seeds, each a run under `runs/<sweep-name>/`.
+"""Hyperparameter sweeps on Optuna: a grid of configs times seeds, each a trial of one study.
 
-`SweepPlan` is the grid as the user gave it; `plan.runs()` expands it into one `SweepRun` per grid
-point and seed. `run_sweep` trains and evaluates every run that is not complete yet, each in its
-own worker process (`python -m breakout_ppo.sweep RUN_DIR`), so that a crash or Ctrl-C in one
-training is isolated and the sweep can be restarted: a run with `final_eval.json` is complete and
-skipped, a run with `checkpoint.pt` is resumed (bit for bit on CPU), anything else starts fresh.
+A study lives in a database (Optuna's storage): SQLite in `runs/<sweep>/study.db` by default, or
+any URL such as `postgresql+psycopg://user@host/db`, so that workers on other machines join it by
+running the same command. `SweepPlan` is the grid as the user gave it; the command that creates
+the study enqueues one trial per grid point and seed (every point on the first seed first), and
+every worker takes only waiting trials, so each is trained exactly once. A trial trains a run
+under `runs/<sweep>/<field=value,...,seed=S>/`, evaluates it and stores the result in the trial
+(the evaluation, the learning and entropy curves), so the report needs the storage alone.
 
-A worker trains, evaluates its final checkpoint and writes the evaluation return into the run's
-TensorBoard events as `eval/mean_return`, one of the HParams metrics, so that TensorBoard's
-parallel-coordinates view over `runs/<sweep-name>` compares the runs on it.
+Nothing is lost when a worker stops:
+- Ctrl-C: training saves its checkpoint, the trial is marked failed (what Optuna does to an
+  interrupted trial) and a copy is put back in the queue; the next run of the command resumes it.
+- SIGKILL, a crash, a machine gone: the trial's heartbeat stops, any live worker (or a rerun)
+  fails it as stale and puts a copy back, and whoever takes the copy resumes from the run's
+  `checkpoint.pt` if the run directory is reachable (a shared `--logdir`), else starts afresh.
+- A trial that fails by itself (NaN, an error) is put back at most `max_retries` times.
+
+SQLite is made safe for several processes by starting every transaction with BEGIN IMMEDIATE:
+Optuna takes a waiting trial by reading its state and then writing RUNNING, which two processes
+could otherwise both do. PostgreSQL locks the row (SELECT ... FOR UPDATE).
 """
 
 from __future__ import annotations
@@ -16,23 +26,32 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from breakout_ppo.config import Config, preset
 
-PLAN_FILE = "sweep.json"
-FINAL_EVAL_FILE = "final_eval.json"
-"""Written last by a worker: its existence marks the run complete."""
-LOG_FILE = "train.log"
+STORAGE_ENV = "BREAKOUT_PPO_STORAGE"
+"""Environment variable holding the storage URL: how workers get it without a password in argv."""
+DB_FILE = "study.db"
+OLD_PLAN_FILE = "sweep.json"
+"""Written by the process pool that sweeps ran on before Optuna: such folders are refused."""
 EVAL_SEED = 12345
 """Every run is evaluated on the same episode seeds, so the grid points meet the same games."""
 EVAL_RETURN_TAG = "eval/mean_return"
+CURVE_TAGS = ("charts/episodic_return", "losses/entropy")
+"""Curves each trial stores for the report, at most `CURVE_POINTS` points each."""
+CURVE_POINTS = 200
 
 
 class SweepError(Exception):
@@ -40,7 +59,7 @@ class SweepError(Exception):
 
 
 class SweepInterrupted(Exception):
-    """Ctrl-C: the workers were stopped and their checkpoints stand."""
+    """Ctrl-C: the workers were stopped, their checkpoints stand and their trials are queued again."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +73,11 @@ class SweepRun:
     @property
     def label(self) -> str:
         return point_label(self.point)
+
+    @property
+    def params(self) -> dict:
+        """The trial's Optuna parameters: the swept values and the seed."""
+        return {**dict(self.point), "seed": self.config.seed}
 
 
 def point_label(point: tuple) -> str:
@@ -97,6 +121,11 @@ class SweepPlan:
                 runs.append(SweepRun(name, config, point))
         return runs
 
+    def base_config(self) -> dict:
+        """The config every run shares: all fields but the swept ones and the seed."""
+        config = self.runs()[0].config.to_dict()
+        return {k: v for k, v in config.items() if k not in {*self.swept, "seed"}}
+
     def command_line(self, name: str) -> str:
         """The `cli.py sweep` command that makes this plan."""
         words = ["python cli.py sweep", f"--name {name}"]
@@ -120,45 +149,408 @@ class SweepPlan:
                    data["eval_episodes"])
 
 
-# --- the state of one run on disk --------------------------------------------------------------
+# --- the storage -------------------------------------------------------------------------------
 
-COMPLETE, PARTIAL, NEW = "complete", "partial", "new"
-
-
-def run_state(run_dir: Path, config: Config) -> str:
-    """complete (evaluated), partial (a checkpoint to resume from) or new; SweepError if the
-    directory holds a run of another config (a different budget, say), which must not be mixed in."""
-    saved = run_dir / "config.json"
-    if saved.exists():
-        try:
-            same = Config.from_saved(json.loads(saved.read_text())) == config
-        except (ValueError, TypeError):  # not JSON, or fields of another version
-            same = False
-        if not same:
-            raise SweepError(f"{run_dir} holds a run with another config; choose another sweep --name "
-                             f"or remove that directory")
-    if (run_dir / FINAL_EVAL_FILE).exists():
-        return COMPLETE
-    if (run_dir / "checkpoint.pt").exists():
-        return PARTIAL
-    return NEW
+def default_storage(sweep_dir) -> str:
+    return f"sqlite:///{Path(sweep_dir).resolve() / DB_FILE}"
 
 
-def read_final_eval(run_dir: Path) -> dict | None:
-    path = Path(run_dir) / FINAL_EVAL_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+def safe_url(url: str) -> str:
+    """The URL as it may be printed: any password replaced by ***."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # malformed: show only the scheme
+        return url.split("://", 1)[0] + "://..."
 
 
-# --- the sweep: a pool of worker processes -----------------------------------------------------
+def _hide_password(message: str, url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        password = make_url(url).password
+    except Exception:
+        return message
+    return message.replace(str(password), "***") if password else message
+
+
+def parse_url(url: str):
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url)
+    except Exception:
+        raise SweepError(f"malformed storage URL {safe_url(url)!r}: expected e.g. sqlite:///path/study.db "
+                         "or postgresql+psycopg://user:password@host/database") from None
+
+
+def open_storage(url: str, heartbeat: int = 60, max_retries: int = 2):
+    """Optuna's RDBStorage on `url`, with heartbeats every `heartbeat` s (a trial is stale after
+    three missed) and stale trials put back in the queue. SweepError (one line) for a malformed or
+    unreachable URL, or a PostgreSQL URL without its driver."""
+    import optuna
+    from sqlalchemy import event
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    parsed = parse_url(url)
+    sqlite = parsed.get_backend_name() == "sqlite"
+    if sqlite and parsed.database:
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    # SQLite: wait up to a minute for another process's transaction instead of failing at once.
+    engine_kwargs = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
+    try:
+        storage = optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+            heartbeat_stale_trial_callback=lambda study, trial: put_back(
+                study, trial, "its worker stopped sending heartbeats", max_retries, counts=True))
+    except ImportError as error:
+        if parsed.get_backend_name() == "postgresql":
+            raise SweepError("PostgreSQL storage needs its driver: pip install -e '.[postgres]' (psycopg 3) and "
+                             "a postgresql+psycopg:// URL") from None
+        raise SweepError(f"storage {safe_url(url)}: {error}") from None
+    except Exception as error:
+        reason = _hide_password(str(getattr(error, "orig", None) or error), url).strip().splitlines()
+        raise SweepError(f"cannot open storage {safe_url(url)}: {reason[0] if reason else type(error).__name__}") from None
+    if sqlite:
+        _serialise_sqlite(storage.engine, event)
+    return storage
+
+
+def _serialise_sqlite(engine, event) -> None:
+    """Every transaction takes SQLite's write lock at its start (SQLAlchemy's documented recipe for
+    pysqlite), so Optuna's read-then-write of a trial's state is atomic across processes."""
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection, record):
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners reconnect with them
+
+
+def study_definition(plan: SweepPlan) -> dict:
+    return {"kind": "grid", **plan.to_dict(), "base_config": plan.base_config()}
+
+
+def describe_difference(stored: dict, wanted: dict) -> str:
+    """What differs between two study definitions, in words: `ent_coef: [0.0, 0.1] in the study, [0.0, 0.2] here`."""
+    parts = []
+    for key in sorted({*stored, *wanted} - {"base_config", "values"}):
+        if stored.get(key) != wanted.get(key):
+            parts.append(f"{key}: {stored.get(key)} in the study, {wanted.get(key)} here")
+    for group in ("values", "base_config"):
+        a, b = stored.get(group, {}), wanted.get(group, {})
+        for key in sorted({*a, *b}):
+            if a.get(key) != b.get(key):
+                parts.append(f"{key}: {a.get(key, 'not given')} in the study, {b.get(key, 'not given')} here")
+    return "; ".join(parts[:4]) + ("; ..." if len(parts) > 4 else "")
+
+
+def open_study(storage, name: str, plan: SweepPlan, create: bool = True, wait: float = 60.0):
+    """Create the study and enqueue its grid, or load it and check that it sweeps the same grid
+    on the same base config. Only the process that creates the study enqueues it (others wait for
+    that), so two commands started at once do not enqueue a point twice."""
+    import optuna
+
+    wanted = json.loads(json.dumps(study_definition(plan)))  # tuples -> lists, as stored
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(storage=storage, study_name=name)
+    else:
+        study.set_user_attr("sweep", wanted)
+        for order, run in enumerate(plan.runs()):
+            study.enqueue_trial(run.params, user_attrs={"run": run.name, "order": order, "attempt": 1},
+                                skip_if_exists=True)
+        study.set_user_attr("enqueued", True)
+        return study
+    deadline = time.monotonic() + wait
+    while not study.user_attrs.get("enqueued") and time.monotonic() < deadline:
+        time.sleep(0.5)  # its creator is enqueueing the grid
+    stored = study.user_attrs.get("sweep")
+    if stored is None:
+        raise SweepError(f"study {name!r} exists in the storage but is not a sweep of this program")
+    if stored != wanted:
+        raise SweepError(f"study {name!r} sweeps another grid or base config ({describe_difference(stored, wanted)}); "
+                         "choose another --name")
+    if not study.user_attrs.get("enqueued"):  # its creator died half-way
+        for order, run in enumerate(plan.runs()):
+            study.enqueue_trial(run.params, user_attrs={"run": run.name, "order": order, "attempt": 1},
+                                skip_if_exists=True)
+        study.set_user_attr("enqueued", True)
+    return study
+
+
+def put_back(study, trial, why: str, max_retries: int, counts: bool) -> bool:
+    """Queue a copy of a failed trial (same parameters, same run), unless it has used its retries.
+    `counts`: whether this failure uses one of them (a Ctrl-C does not)."""
+    attempt = trial.user_attrs.get("attempt", 1) + (1 if counts else 0)
+    if attempt > 1 + max_retries:
+        return False
+    params = trial.system_attrs.get("fixed_params") or trial.params
+    study.enqueue_trial(params, user_attrs={"run": trial.user_attrs["run"], "order": trial.user_attrs["order"],
+                                            "attempt": attempt, "previous_trial": trial.number,
+                                            "previous_stop": why})
+    return True
+
+
+def requeue_lost_trials(study, plan: SweepPlan, max_retries: int) -> None:
+    """A worker killed between failing a trial and putting it back leaves a point with neither a
+    result nor a trial to run: put those back (each rerun of the command checks)."""
+    from optuna.trial import TrialState
+
+    by_run = {}
+    for trial in study.get_trials(deepcopy=False):
+        by_run.setdefault(trial.user_attrs.get("run"), []).append(trial)
+    for run in plan.runs():
+        trials = by_run.get(run.name, [])
+        if trials and all(t.state == TrialState.FAIL for t in trials):
+            last = max(trials, key=lambda t: t.number)
+            # Counted as a failure: a trial that used its last retry must not come back here.
+            put_back(study, last, last.user_attrs.get("stopped", "lost"), max_retries, counts=True)
+
+
+def run_states(study, plan: SweepPlan) -> dict:
+    """Run name -> complete, running, waiting, failed or new (no trial yet)."""
+    from optuna.trial import TrialState
+
+    rank = {TrialState.COMPLETE: 4, TrialState.RUNNING: 3, TrialState.WAITING: 2, TrialState.FAIL: 1}
+    states = {run.name: "new" for run in plan.runs()}
+    best = {}
+    for trial in study.get_trials(deepcopy=False) if study is not None else []:
+        name = trial.user_attrs.get("run")
+        if name in states and rank.get(trial.state, 0) > best.get(name, 0):
+            best[name] = rank[trial.state]
+            states[name] = trial.state.name.lower().replace("fail", "failed")
+    return states
+
+
+def describe_storage_state(url: str, name: str, plan: SweepPlan) -> dict:
+    """`run_states` of the study, creating neither a database nor a study."""
+    import optuna
+
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").exists():
+        return run_states(None, plan)
+    try:
+        study = optuna.load_study(storage=open_storage(url), study_name=name)
+    except KeyError:  # no such study yet
+        study = None
+    return run_states(study, plan)
+
+
+# --- one worker: take waiting trials until none is left ----------------------------------------
 
 @dataclass
-class SweepOutcome:
-    skipped: list
-    """Names of runs already complete before this call."""
+class WorkerOutcome:
     finished: list
+    """Run names this worker completed."""
     failed: list
-    """(name, last line of its log) for runs whose worker exited with an error."""
+    """(run name, one line why) for trials that failed here."""
 
+
+class Heartbeat:
+    """Records the trial's heartbeat every `interval` s from a thread (what Optuna's own optimize
+    loop does), with the training's latest step as the trial's `step` attribute."""
+
+    def __init__(self, storage, trial, trial_id: int, interval: float):
+        self.storage, self.trial, self.trial_id, self.interval = storage, trial, trial_id, interval
+        self.step, self._recorded_step = 0, None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self):
+        while True:
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+                if self.step != self._recorded_step:
+                    self.trial.set_user_attr("step", self.step)
+                    self._recorded_step = self.step
+            except Exception:  # the storage hiccuped: the next beat tries again
+                pass
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self):
+        self.storage.record_heartbeat(self.trial_id)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        return False
+
+
+def take_waiting_trial(study, storage):
+    """(trial, trial id) of the first waiting trial in grid order, now RUNNING, ours and with a first
+    heartbeat (Optuna never finds a trial without one stale); None when none is waiting. Optuna's
+    `ask` would take one too, but makes up a new trial when none is waiting."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study_id = storage.get_study_id_from_name(study.study_name)
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    for frozen in sorted(waiting, key=lambda t: (t.user_attrs.get("order", math.inf), t.number)):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
+        try:
+            if storage.set_trial_state_values(trial_id, TrialState.RUNNING):  # False: another took it
+                storage.record_heartbeat(trial_id)
+                return optuna.Trial(study, trial_id), trial_id
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+def is_duplicate(study, trial) -> int | None:
+    """Another trial of the same run that is complete, or running and older: two commands that
+    created the queue at the same moment can enqueue a point twice; the older trial keeps it."""
+    from optuna.trial import TrialState
+
+    run = trial.user_attrs["run"]
+    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+        if other.user_attrs.get("run") == run and other.number != trial.number and (
+                other.state == TrialState.COMPLETE or other.number < trial.number):
+            return other.number
+    return None
+
+
+def worker_label() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def work(study, storage, plan: SweepPlan, sweep_dir, device: str = "cpu", max_retries: int = 2,
+         echo=print) -> WorkerOutcome:
+    """Train waiting trials until every trial is finished. With none waiting while others run,
+    poll: a running trial whose worker died goes stale and is put back, and this worker takes it
+    over. Ctrl-C puts the trial back and raises SweepInterrupted."""
+    from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
+
+    sweep_dir = Path(sweep_dir)
+    runs = {run.name: run for run in plan.runs()}
+    outcome = WorkerOutcome([], [])
+    poll = min(storage.get_heartbeat_interval(), 1.0)  # how soon an idle worker sees the sweep end
+    while True:
+        fail_stale_trials(study)  # puts copies of stale trials back (open_storage's callback)
+        taken = take_waiting_trial(study, storage)
+        if taken is None:
+            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+                return outcome
+            time.sleep(poll)
+            continue
+        trial, trial_id = taken
+        run = runs[trial.user_attrs["run"]]
+        for field, values in [*((f, plan.values[f]) for f in plan.swept), ("seed", plan.seeds)]:
+            trial.suggest_categorical(field, list(values))  # the enqueued value, recorded as a parameter
+        trial.set_user_attr("worker", worker_label())
+        trial.set_user_attr("run_dir", str((sweep_dir / run.name).resolve()))
+        duplicate = is_duplicate(study, trial)
+        if duplicate is not None:
+            trial.set_user_attr("stopped", f"duplicate of trial {duplicate}")
+            study.tell(trial, state=TrialState.FAIL)
+            continue
+        try:
+            with Heartbeat(storage, trial, trial_id, storage.get_heartbeat_interval()) as heartbeat:
+                summary = run_trial(trial, run, sweep_dir / run.name, plan.eval_episodes, device, heartbeat, echo)
+        except KeyboardInterrupt:
+            summary = None
+        except Exception as error:  # NaN, a bad checkpoint, a full disk: this trial fails, the worker goes on
+            why = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            trial.set_user_attr("stopped", f"error: {why}")
+            retried = put_back(study, study.tell(trial, state=TrialState.FAIL), f"error: {why}", max_retries,
+                               counts=True)
+            outcome.failed.append((run.name, why))
+            echo(f"FAILED trial {trial.number} {run.name}: {why}" +
+                 ("; queued again" if retried else f"; given up after {1 + max_retries} attempts"))
+            continue
+        if summary is None:  # Ctrl-C: the checkpoint stands; the next run of the command resumes it
+            trial.set_user_attr("stopped", "interrupted")
+            put_back(study, study.tell(trial, state=TrialState.FAIL), "interrupted", max_retries, counts=False)
+            raise SweepInterrupted(f"trial {trial.number} ({run.name}) stopped with its checkpoint and queued again")
+        study.tell(trial, summary["mean"])
+        outcome.finished.append(run.name)
+        echo(f"done trial {trial.number} {run.name}: return {summary['mean']:.2f} ± {summary['ci95']:.2f}")
+
+
+def run_trial(trial, run: SweepRun, run_dir: Path, eval_episodes: int, device: str, heartbeat, echo) -> dict | None:
+    """Train (or resume) the trial's run, evaluate its final model and store the results in the
+    trial. Returns the evaluation summary, or None if training was interrupted."""
+    from breakout_ppo.checkpoint import load_agent, load_checkpoint
+    from breakout_ppo.evaluate import SETTINGS, evaluate
+    from breakout_ppo.train import train
+
+    config = run.config
+    checkpoint = run_dir / "checkpoint.pt"
+    done_step = load_checkpoint(checkpoint, resumable=True)["global_step"] if checkpoint.exists() else 0
+    label = f"trial {trial.number} {run.name}"
+    if run_dir.exists() and not checkpoint.exists():
+        # A run that died before its first checkpoint: nothing to resume, and its events would mix in.
+        echo(f"{label}: {run_dir} has no checkpoint; starting afresh")
+        shutil.rmtree(run_dir)
+    if trial.user_attrs.get("previous_trial") is not None and not done_step:
+        echo(f"{label}: taking over trial {trial.user_attrs['previous_trial']} "
+             f"({trial.user_attrs.get('previous_stop')}); no checkpoint reachable in {run_dir}, starting afresh")
+    trial.set_user_attr("resumed_from_step", done_step)
+    if done_step < config.total_steps:
+        verb = f"resuming at step {done_step:,}" if done_step else "training"
+        echo(f"{label}: {verb} to {config.total_steps:,} steps")
+
+        def progress(step, sps, recent_return):
+            heartbeat.step = step
+
+        result = train(config, run_dir, device=device, resume=checkpoint if done_step else None, progress=progress)
+        trial.set_user_attr("steps_trained", result.global_step - done_step)
+        if result.interrupted:
+            echo(f"{label}: interrupted, checkpoint saved at step {result.global_step:,}")
+            return None
+    else:
+        trial.set_user_attr("steps_trained", 0)
+
+    model, _ = load_agent(checkpoint, device=device)
+    settings = SETTINGS["default"]
+    evaluation = evaluate(model, episodes=eval_episodes, device=device, seed=EVAL_SEED, **settings)
+    global_step = load_checkpoint(checkpoint)["global_step"]
+    summary = {**evaluation.summary(), "global_step": global_step, "policy": "sampled", "seed": EVAL_SEED, **settings}
+    write_eval_scalar(run_dir, summary["mean"], global_step)
+    trial.set_user_attr("eval", summary)
+    trial.set_user_attr("curves", read_curves(run_dir))
+    return summary
+
+
+def write_eval_scalar(run_dir: Path, mean_return: float, global_step: int) -> None:
+    """The HParams metric TensorBoard's parallel-coordinates view compares runs on."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir))
+    writer.add_scalar(EVAL_RETURN_TAG, mean_return, global_step)
+    writer.close()
+
+
+def read_curves(run_dir: Path) -> dict:
+    """{tag: [steps, values]} of `CURVE_TAGS` from the run's events, thinned to `CURVE_POINTS`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})  # 0: keep every point
+    events.Reload()
+    curves = {}
+    for tag in CURVE_TAGS:
+        if tag not in events.Tags()["scalars"]:
+            continue
+        points = dict((e.step, e.value) for e in events.Scalars(tag))  # a resumed run's later value wins
+        steps = sorted(points)
+        keep = sorted({round(i * (len(steps) - 1) / (CURVE_POINTS - 1)) for i in range(CURVE_POINTS)}) \
+            if len(steps) > CURVE_POINTS else range(len(steps))
+        curves[tag] = [[steps[i] for i in keep], [float(points[steps[i]]) for i in keep]]
+    return curves
+
+
+# --- the command: K local workers on the storage -----------------------------------------------
 
 def available_cores() -> int:
     try:
@@ -167,173 +559,93 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def worker_environment(workers: int) -> dict:
+def worker_environment(workers: int, storage_url: str) -> dict:
     """Split the cores between the workers: K processes that each spin all cores' worth of
-    OpenMP threads slow each other down by an order of magnitude. An explicit OMP_NUM_THREADS wins."""
+    OpenMP threads slow each other down by an order of magnitude. An explicit OMP_NUM_THREADS wins.
+    The storage URL goes in the environment, so no password shows in a process list."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, available_cores() // workers)))
     env["PYTHONUNBUFFERED"] = "1"
+    env[STORAGE_ENV] = storage_url
     return env
 
 
-def run_sweep(plan: SweepPlan, sweep_dir, workers: int = 1, device: str = "cpu", echo=print) -> SweepOutcome:
-    """Run every run of `plan` that is not complete, at most `workers` at once; `echo` gets one
-    line per run started, finished or failed. Ctrl-C stops the workers cleanly (each saves its
-    checkpoint) and raises SweepInterrupted."""
-    sweep_dir = Path(sweep_dir)
-    runs = plan.runs()
-    states = {run.name: run_state(sweep_dir / run.name, run.config) for run in runs}
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / PLAN_FILE).write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL it when the sweep command dies, however it dies (Linux
+    prctl PR_SET_PDEATHSIG), so a killed command leaves no training behind."""
+    import ctypes
 
-    outcome = SweepOutcome(skipped=[r.name for r in runs if states[r.name] == COMPLETE], finished=[], failed=[])
-    pending = [r for r in runs if states[r.name] != COMPLETE]
-    env = worker_environment(workers)
-    active: dict[subprocess.Popen, tuple[SweepRun, float]] = {}
-    total, started = len(pending), 0
     try:
-        while pending or active:
-            while pending and len(active) < workers:
-                run = pending.pop(0)
-                started += 1
-                process = start_worker(sweep_dir / run.name, run.config, plan.eval_episodes, device, env)
-                active[process] = (run, time.perf_counter())
-                verb = "resuming" if states[run.name] == PARTIAL else "starting"
-                echo(f"[{started}/{total}] {verb} {run.name}")
-            time.sleep(0.2)
-            for process in [p for p in active if p.poll() is not None]:
-                run, since = active.pop(process)
-                minutes = (time.perf_counter() - since) / 60
-                if process.returncode == 0:
-                    result = read_final_eval(sweep_dir / run.name)
-                    outcome.finished.append(run.name)
-                    echo(f"done {run.name}: return {result['mean']:.2f} ± {result['ci95']:.2f} ({minutes:.1f} min)")
-                else:
-                    reason = last_log_line(sweep_dir / run.name / LOG_FILE)
-                    outcome.failed.append((run.name, reason))
-                    echo(f"FAILED {run.name} (exit {process.returncode}): {reason}")
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def start_workers(count: int, storage_url: str, study_name: str, sweep_dir: Path, device: str, heartbeat: int,
+                  max_retries: int) -> list:
+    """Worker processes that share the command's stdout. Each gets its own session, so a Ctrl-C at
+    the terminal reaches only the command, which passes on exactly one SIGINT."""
+    env = worker_environment(count, storage_url)
+    return [subprocess.Popen(
+        [sys.executable, "-m", "breakout_ppo.sweep", "--study", study_name, "--sweep-dir", str(sweep_dir),
+         "--device", device, "--heartbeat", str(heartbeat), "--max-retries", str(max_retries), "--label", f"w{i + 1}"],
+        env=env, start_new_session=True, preexec_fn=_die_with_parent) for i in range(count)]
+
+
+def wait_for_workers(processes: list) -> list:
+    """Exit codes of the workers. Ctrl-C passes one SIGINT to each (it finishes its update, saves,
+    puts its trial back) and raises SweepInterrupted; a second Ctrl-C passes a second."""
+    try:
+        return [process.wait() for process in processes]
     except KeyboardInterrupt:
-        stop_workers(list(active))
-        raise SweepInterrupted(f"stopped {len(active)} run(s); their checkpoints stand") from None
-    return outcome
-
-
-def start_worker(run_dir: Path, config: Config, eval_episodes: int, device: str, env: dict) -> subprocess.Popen:
-    """The worker reads its config from `config.json`, the file the run keeps anyway. It gets its
-    own session, so a Ctrl-C at the terminal reaches only the sweep, which passes on exactly one."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    log = open(run_dir / LOG_FILE, "a")
-    try:
-        return subprocess.Popen(
-            [sys.executable, "-m", "breakout_ppo.sweep", str(run_dir), "--device", device,
-             "--eval-episodes", str(eval_episodes)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    finally:
-        log.close()  # the child holds its own copy
-
-
-def stop_workers(processes: list) -> None:
-    """One SIGINT each: the worker finishes its update and saves its checkpoint. A second Ctrl-C
-    while waiting passes on a second SIGINT, which stops them at once (the last periodic
-    checkpoint stands)."""
+        pass
     for process in processes:
         process.send_signal(signal.SIGINT)
     while True:
         try:
-            for process in processes:
-                process.wait()
-            return
+            codes = [process.wait() for process in processes]
+            break
         except KeyboardInterrupt:
             for process in processes:
                 if process.poll() is None:
                     process.send_signal(signal.SIGINT)
-
-
-def last_log_line(path: Path) -> str:
-    try:
-        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return "no log"
-    return lines[-1][:300] if lines else "no output"
-
-
-# --- the worker: one run, in its own process ---------------------------------------------------
-
-def train_and_evaluate(run_dir: Path, device: str = "cpu", eval_episodes: int = 1024) -> dict | None:
-    """Train the run in `run_dir` (resuming its checkpoint if there is one), evaluate the final
-    model and write `final_eval.json`. Returns the evaluation, or None if training was interrupted."""
-    from breakout_ppo.checkpoint import load_agent, load_checkpoint
-    from breakout_ppo.evaluate import SETTINGS, evaluate
-    from breakout_ppo.train import train
-
-    config = Config.from_saved(json.loads((run_dir / "config.json").read_text())).validate()
-    checkpoint = run_dir / "checkpoint.pt"
-    done_updates = load_checkpoint(checkpoint, resumable=True)["update"] if checkpoint.exists() else 0
-    if done_updates < config.num_updates:
-        start = f"resuming at update {done_updates}" if done_updates else "training"
-        print(f"{start}: {config.num_updates} updates, {config.total_steps:,} steps, "
-              f"{os.environ.get('OMP_NUM_THREADS', 'default')} OpenMP threads", flush=True)
-        result = train(config, run_dir, device=device, resume=checkpoint if done_updates else None,
-                       progress=ProgressPrinter(config.num_updates * config.batch_size))
-        if result.interrupted:
-            print(f"interrupted: checkpoint saved at step {result.global_step:,}", flush=True)
-            return None
-
-    model, _ = load_agent(checkpoint, device=device)
-    settings = SETTINGS["default"]
-    evaluation = evaluate(model, episodes=eval_episodes, device=device, seed=EVAL_SEED, **settings)
-    global_step = load_checkpoint(checkpoint)["global_step"]
-    summary = {**evaluation.summary(), "global_step": global_step, "policy": "sampled", "seed": EVAL_SEED, **settings}
-    write_eval_scalar(run_dir, summary["mean"], global_step)
-    tmp = run_dir / f".{FINAL_EVAL_FILE}.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, run_dir / FINAL_EVAL_FILE)
-    print(f"evaluation: return {summary['mean']:.2f} ± {summary['ci95']:.2f} over {eval_episodes} episodes",
-          flush=True)
-    return summary
-
-
-def write_eval_scalar(run_dir: Path, mean_return: float, global_step: int) -> None:
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(run_dir))
-    writer.add_scalar(EVAL_RETURN_TAG, mean_return, global_step)
-    writer.close()
-
-
-class ProgressPrinter:
-    """A progress line every `every` seconds, for the run's log file."""
-
-    def __init__(self, total: int, every: float = 30.0):
-        self.total, self.every, self.last = total, every, time.perf_counter()
-
-    def __call__(self, step: int, sps: float, recent_return: float):
-        now = time.perf_counter()
-        if now - self.last >= self.every or step >= self.total:
-            self.last = now
-            print(f"{step:,}/{self.total:,} steps, {sps:,.0f} SPS, training return {recent_return:.1f}", flush=True)
+    raise SweepInterrupted(f"stopped {sum(code == 130 for code in codes)} worker(s); their checkpoints stand "
+                           "and their trials are queued again")
 
 
 def main(argv=None) -> int:
+    """A worker process of `cli.py sweep --workers K`; the storage URL comes from the environment."""
     import argparse
 
-    from breakout_ppo.checkpoint import CheckpointError
-    from breakout_ppo.train import TrainingError
+    import optuna
 
-    parser = argparse.ArgumentParser(description="Worker of a sweep: train, then evaluate, one run.")
-    parser.add_argument("run_dir", type=Path)
+    parser = argparse.ArgumentParser(description="A worker of a sweep: train waiting trials until none is left.")
+    parser.add_argument("--study", required=True)
+    parser.add_argument("--sweep-dir", type=Path, required=True)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--eval-episodes", type=int, default=1024)
+    parser.add_argument("--heartbeat", type=int, default=60)
+    parser.add_argument("--max-retries", type=int, default=2)
+    parser.add_argument("--label", default="")
     args = parser.parse_args(argv)
+
+    def echo(line):
+        print(f"[{args.label}] {line}" if args.label else line, flush=True)
+
     try:
-        return 0 if train_and_evaluate(args.run_dir, args.device, args.eval_episodes) else 130
-    except (CheckpointError, TrainingError, ValueError, OSError) as error:
-        print(f"error: {error}", flush=True)
-        return 1
-    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
-        print("interrupted: the last checkpoint stands", flush=True)
+        storage = open_storage(os.environ[STORAGE_ENV], args.heartbeat, args.max_retries)
+        study = optuna.load_study(storage=storage, study_name=args.study)
+        plan = SweepPlan.from_dict(study.user_attrs["sweep"])
+        work(study, storage, plan, args.sweep_dir, args.device, args.max_retries, echo)
+    except SweepInterrupted as stopped:
+        echo(f"interrupted: {stopped}")
         return 130
+    except KeyboardInterrupt:
+        echo("interrupted")
+        return 130
+    except (SweepError, KeyError, ValueError) as error:
+        echo(f"error: {error}")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

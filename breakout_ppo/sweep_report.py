@@ -1,9 +1,9 @@
 """The report of a sweep: final return per grid point with its confidence over seeds, learning and
 entropy curves, and a Markdown summary that names the best point and says how sure that is.
 
-Everything is read back from disk (`sweep.json`, each run's `final_eval.json` and TensorBoard
-events), so a report can be written for a sweep that is still running or was interrupted: it
-covers the runs complete so far and says which are missing.
+Everything is read from the study's storage (each COMPLETE trial holds its evaluation and its
+curves), so a report can be written on any machine that reaches the storage, for a sweep that is
+still running or was interrupted: it covers the trials complete so far and says which are missing.
 
 Statistics are over seeds: a run's score is the mean return of its final evaluation, and a grid
 point's confidence interval is Student t over those per-seed scores. (The episodes within one
@@ -12,7 +12,6 @@ evaluation vary far less than training does from seed to seed; their interval wo
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,30 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from breakout_ppo.stats import mean_ci, welch
-from breakout_ppo.sweep import PLAN_FILE, SweepPlan, point_label, read_final_eval
+from breakout_ppo.sweep import SweepPlan, point_label
 
 RETURN_TAG = "charts/episodic_return"
 ENTROPY_TAG = "losses/entropy"
 SIGNIFICANCE = 0.05
 
 
-# --- statistics --------------------------------------------------------------------------------
-
-# --- reading the runs back ---------------------------------------------------------------------
-
-def scalar_curve(run_dir, tag: str) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) of one scalar from a run's TensorBoard events, in step order."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})  # 0: keep every point
-    events.Reload()
-    if tag not in events.Tags()["scalars"]:
-        return np.array([]), np.array([])
-    # A resumed run logs again the updates after its last checkpoint: the later value wins.
-    points = dict((e.step, e.value) for e in events.Scalars(tag))
-    steps = np.array(sorted(points))
-    return steps, np.array([points[s] for s in steps])
-
+# --- reading the trials back -------------------------------------------------------------------
 
 @dataclass
 class PointResult:
@@ -54,6 +37,8 @@ class PointResult:
     """Final evaluation mean return of each complete seed."""
     curves: dict = field(default_factory=dict)
     """tag -> [(steps, values) of each complete seed]."""
+    failed: list = field(default_factory=list)
+    """Seeds whose trial failed and will not be tried again, with why: [(seed, why)]."""
 
     @property
     def label(self) -> str:
@@ -64,24 +49,31 @@ class PointResult:
         return mean_ci(self.returns)
 
 
-def collect_results(sweep_dir) -> tuple[SweepPlan, list[PointResult], list[str]]:
+def collect_results(study) -> tuple[SweepPlan, list[PointResult], list[str]]:
     """The plan, one PointResult per grid point (in grid order), and the names of incomplete runs."""
-    sweep_dir = Path(sweep_dir)
-    plan = SweepPlan.from_dict(json.loads((sweep_dir / PLAN_FILE).read_text()))
+    from optuna.trial import TrialState
+
+    plan = SweepPlan.from_dict(study.user_attrs["sweep"])
     results = {point: PointResult(point) for point in plan.points()}
+    trials = {}
+    for trial in study.get_trials(deepcopy=False):
+        trials.setdefault(trial.user_attrs.get("run"), []).append(trial)
     missing = []
     for run in plan.runs():
-        result, run_dir = results[run.point], sweep_dir / run.name
-        final = read_final_eval(run_dir)
-        if final is None:  # its curves too are left out: a curve cut short would skew the mean
+        result = results[run.point]
+        done = [t for t in trials.get(run.name, []) if t.state == TrialState.COMPLETE]
+        if not done:  # its curves too are left out: a curve cut short would skew the mean
             missing.append(run.name)
+            tried = sorted(trials.get(run.name, []), key=lambda t: t.number)
+            if tried and all(t.state == TrialState.FAIL for t in tried):
+                result.failed.append((run.config.seed, tried[-1].user_attrs.get("stopped", "stale heartbeat")))
             continue
+        trial = min(done, key=lambda t: t.number)
         result.seeds.append(run.config.seed)
-        result.returns.append(final["mean"])
-        for tag in (RETURN_TAG, ENTROPY_TAG):
-            steps, values = scalar_curve(run_dir, tag)
-            if len(steps):
-                result.curves.setdefault(tag, []).append((steps, values))
+        result.returns.append(trial.value)
+        for tag, (steps, values) in trial.user_attrs.get("curves", {}).items():
+            if steps:
+                result.curves.setdefault(tag, []).append((np.array(steps), np.array(values)))
     return plan, list(results.values()), missing
 
 
@@ -230,17 +222,20 @@ class SweepReport:
     figures: dict
     best: str | None
     headline: str
+    missing: list
+    """Runs with no complete trial."""
+    failed: list
+    """`run: why` for runs whose trials failed and will not be tried again."""
 
 
-def write_report(sweep_dir, out_dir=None) -> SweepReport:
+def write_report(study, out_dir) -> SweepReport:
     """Write report.md and three PNGs (sweep_final_return, sweep_learning_curves, sweep_entropy)
-    into `out_dir` (default `<sweep_dir>/report/`)."""
-    sweep_dir = Path(sweep_dir)
-    out_dir = Path(out_dir or sweep_dir / "report")
+    of the sweep `study` (an Optuna study made by `cli.py sweep`) into `out_dir`."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plan, results, missing = collect_results(sweep_dir)
+    plan, results, missing = collect_results(study)
     budget = plan.runs()[0].config.total_steps
-    name = sweep_dir.name
+    name = study.study_name
 
     figures = {
         "final_return": out_dir / "sweep_final_return.png",
@@ -284,8 +279,11 @@ def write_report(sweep_dir, out_dir=None) -> SweepReport:
     if missing:
         text += [f"**Incomplete:** {len(missing)} of {len(plan.runs())} runs have no final evaluation yet "
                  f"({', '.join(missing)}).", ""]
+    failed = [f"{r.label},seed={seed}: {why}" for r in results for seed, why in r.failed]
+    if failed:
+        text += [f"**Failed** (not tried again): {'; '.join(failed)}.", ""]
     text += [*table, "", " ".join(lines), ""]
     text += [f"![{key.replace('_', ' ')}]({path.name})" for key, path in figures.items()]
     markdown = out_dir / "report.md"
     markdown.write_text("\n".join(text) + "\n")
-    return SweepReport(markdown, figures, best, lines[0].replace("**", ""))
+    return SweepReport(markdown, figures, best, lines[0].replace("**", ""), missing, failed)

@@ -1,4 +1,5 @@
-"""Sweeps: the grid, skip and resume, Ctrl-C, the report, and the HParams TensorBoard shows."""
+"""Sweeps on Optuna: the grid, exactly-once trials over two workers, rerun and resume, Ctrl-C,
+bad input, the report from the storage, and the HParams TensorBoard shows."""
 
 import json
 import math
@@ -10,15 +11,17 @@ import time
 from itertools import product
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from click.testing import CliRunner
+from optuna.trial import TrialState
 from scipy import stats
 
 import cli
 from breakout_ppo.checkpoint import load_checkpoint
 from breakout_ppo.stats import mean_ci, welch
-from breakout_ppo.sweep import SweepError, SweepPlan, run_state, run_sweep
+from breakout_ppo.sweep import SweepPlan, default_storage, open_storage
 from breakout_ppo.sweep_report import write_report
 from breakout_ppo.train import train
 from ctrl_c import interrupt_after
@@ -30,12 +33,17 @@ def run_cli(*args):
     return CliRunner().invoke(cli.cli, [str(a) for a in args])
 
 
+def load(sweep_dir, name=None):
+    return optuna.load_study(storage=open_storage(default_storage(sweep_dir)), study_name=name or sweep_dir.name)
+
+
 def test_the_grid_is_the_product_of_the_lists_times_the_seeds():
     plan = SweepPlan("smoke", {"ent_coef": (0.0, 0.01), "learning_rate": (5e-3, 2.5e-3), "hidden": (32,)}, (1, 2))
     runs = plan.runs()
     assert plan.swept == ["learning_rate", "ent_coef"]  # Config's order; `hidden` has one value: fixed
     assert len(runs) == 8 and len({r.name for r in runs}) == 8
     assert runs[0].name == "learning_rate=0.005,ent_coef=0.0,seed=1"
+    assert runs[0].params == {"learning_rate": 0.005, "ent_coef": 0.0, "seed": 1}
     assert [r.config.seed for r in runs] == [1] * 4 + [2] * 4  # every point on seed 1 first
     assert {(r.config.learning_rate, r.config.ent_coef) for r in runs} == set(product((5e-3, 2.5e-3), (0.0, 0.01)))
     assert all(r.config.hidden == 32 and r.config.num_envs == 8 for r in runs)  # the smoke preset underneath
@@ -48,6 +56,7 @@ def test_cli_comma_lists_and_the_entropy_coef_alias(tmp_path):
     lines = result.output.strip().splitlines()
     assert len(lines) == 8 and all(line.startswith("new") for line in lines)
     assert str(tmp_path / "sweep-learning_rate-ent_coef" / "learning_rate=0.0025,ent_coef=0.01,seed=2") in lines[-1]
+    assert not list(tmp_path.iterdir())  # a dry run creates no storage
 
 
 BAD_SWEEPS = [
@@ -60,76 +69,109 @@ BAD_SWEEPS = [
     ("--workers", "0"),
     ("--preset", "huge"),
 ]
+BAD_STORAGES = [
+    ("--storage", "not a url"),
+    ("--storage", "postgresql+psycopg2://sweeper:s3cret@127.0.0.1:9/db"),  # psycopg2 is not a dependency
+    ("--storage", "postgresql+psycopg://sweeper:s3cret@127.0.0.1:9/db"),  # nothing listens on port 9
+]
+BAD = [(*args, "--dry-run") for args in BAD_SWEEPS + BAD_STORAGES] + BAD_STORAGES
 
 
-@pytest.mark.parametrize("args", BAD_SWEEPS, ids=[" ".join(a) for a in BAD_SWEEPS])
-def test_nonsense_sweeps_get_a_one_line_error(args, tmp_path):
-    result = run_cli("sweep", *args, "--logdir", tmp_path, "--dry-run")
+@pytest.mark.parametrize("args", BAD, ids=[" ".join(a) for a in BAD])
+def test_nonsense_sweeps_get_a_one_line_error_and_leave_nothing(args, tmp_path):
+    result = run_cli("sweep", "--preset", "smoke", *args, "--logdir", tmp_path)
     assert result.exit_code != 0
-    assert "Error" in result.output and "Traceback" not in result.output
+    assert result.output.startswith("Error") or "\nError" in result.output, result.output
+    assert result.output.strip().splitlines()[-1].startswith("Error") and "Traceback" not in result.output
+    assert "s3cret" not in result.output
     assert not list(tmp_path.iterdir())
 
 
-def test_a_run_directory_of_another_config_is_refused(tmp_path):
-    run = SweepPlan("smoke", {"ent_coef": (0.0, 0.1)}, (1,)).runs()[0]
-    (tmp_path / "config.json").write_text(json.dumps(run.config.replace(total_steps=512).to_dict()))
-    with pytest.raises(SweepError, match="another config"):
-        run_state(tmp_path, run.config)
+def test_a_postgres_url_without_its_driver_names_the_extra(tmp_path):
+    result = run_cli("sweep", "--preset", "smoke", "--storage", "postgresql+psycopg2://u@localhost/db",
+                     "--logdir", tmp_path)
+    assert "pip install -e '.[postgres]'" in result.output and "postgresql+psycopg://" in result.output
 
 
-
-def test_a_run_from_before_partial_walls_is_not_mixed_into_a_sweep_that_uses_them(tmp_path):
-    run = SweepPlan("smoke", {"ent_coef": (0.0, 0.1)}, (1,)).runs()[0]
-    assert run.config.partial_wall_starts > 0
-    old = run.config.to_dict()
-    del old["partial_wall_starts"]  # written before the field existed: trained on full walls
-    (tmp_path / "config.json").write_text(json.dumps(old))
-    with pytest.raises(SweepError, match="another config"):
-        run_state(tmp_path, run.config)
-    assert run_state(tmp_path, run.config.replace(partial_wall_starts=0.0)) == "new"
+def test_a_folder_of_the_old_process_pool_is_refused(tmp_path):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "sweep.json").write_text("{}")
+    result = run_cli("sweep", "--preset", "smoke", "--name", "old", "--logdir", tmp_path)
+    assert result.exit_code == 1 and "old process pool" in result.output
+    assert [p.name for p in (tmp_path / "old").iterdir()] == ["sweep.json"]
 
 
-PLAN = SweepPlan("smoke", {"ent_coef": (0.0, 0.1)}, (1,), eval_episodes=16)
+SMOKE = ("--preset", "smoke", "--device", "cpu", "--eval-episodes", "16")
+GRID = (*SMOKE, "--ent-coef", "0,0.1", "--seeds", "2", "--steps", "4096", "--checkpoint-every", "2")
+GRID_PLAN = SweepPlan("smoke", {"ent_coef": (0.0, 0.1), "total_steps": (4096,), "checkpoint_every": (2,)},
+                      (1, 2), eval_episodes=16)
 
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
-    """A sweep of two runs: ent_coef=0.1 left half-trained (Ctrl-C after 2 of 4 updates) before the
-    sweep starts, ent_coef=0.0 not started. Also the ent_coef=0.1 run trained without a break."""
+    """A sweep of 2 points x 2 seeds on SQLite with two workers: ent_coef=0.1 seed 1 left
+    half-trained (Ctrl-C after 2 of 16 updates) before the sweep starts. Also that run trained
+    without a break."""
     root = tmp_path_factory.mktemp("sweep")
-    fresh, partial = PLAN.runs()
+    partial = GRID_PLAN.runs()[1]
+    assert partial.name == "ent_coef=0.1,seed=1"
     straight = train(partial.config, root / "straight")
-    half = train(partial.config, root / "sweep" / partial.name, progress=interrupt_after(2))
+    half = train(partial.config, root / "grid" / partial.name, progress=interrupt_after(2))
     assert half.interrupted and half.updates == 2
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OMP_NUM_THREADS", "1")
-        outcome = run_sweep(PLAN, root / "sweep", workers=2, echo=lambda line: None)
-    return root / "sweep", straight, outcome
+        result = run_cli("sweep", *GRID, "--workers", "2", "--logdir", root, "--name", "grid")
+    assert result.exit_code == 0, result.output
+    return root / "grid", straight, result.output
+
+
+def test_two_workers_train_every_point_exactly_once(swept):
+    sweep_dir, _, output = swept
+    trials = load(sweep_dir).get_trials()
+    assert sorted(t.user_attrs["run"] for t in trials) == sorted(run.name for run in GRID_PLAN.runs())
+    assert {t.state for t in trials} == {TrialState.COMPLETE}
+    assert len({t.user_attrs["worker"] for t in trials}) == 2, output  # each worker completed at least one
+    for trial in trials:  # nobody trained a step twice
+        assert trial.user_attrs["resumed_from_step"] + trial.user_attrs["steps_trained"] == 4096
+        assert trial.params == GRID_PLAN.runs()[trial.user_attrs["order"]].params
+    assert "report:" in output and (sweep_dir / "report" / "report.md").exists()
 
 
 def test_a_partial_run_is_resumed_to_the_same_result_as_an_unbroken_one(swept):
-    sweep_dir, straight, outcome = swept
-    fresh, partial = PLAN.runs()
-    assert outcome.failed == [] and sorted(outcome.finished) == sorted([fresh.name, partial.name])
-    assert "resuming at update 2" in (sweep_dir / partial.name / "train.log").read_text()
+    sweep_dir, straight, _ = swept
+    partial = GRID_PLAN.runs()[1]
+    trial, = [t for t in load(sweep_dir).get_trials() if t.user_attrs["run"] == partial.name]
+    assert trial.user_attrs["resumed_from_step"] == 512
     a = load_checkpoint(straight.last_checkpoint, resumable=True)
     b = load_checkpoint(sweep_dir / partial.name / "checkpoint.pt", resumable=True)
-    assert a["update"] == b["update"] == 4
+    assert a["update"] == b["update"] == 16
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
-    for run in (fresh, partial):
-        result = json.loads((sweep_dir / run.name / "final_eval.json").read_text())
-        assert result["episodes"] == 16 and result["global_step"] == 1024
+    for trial in load(sweep_dir).get_trials():
+        assert trial.user_attrs["eval"]["episodes"] == 16 and trial.user_attrs["eval"]["global_step"] == 4096
+        assert trial.value == trial.user_attrs["eval"]["mean"]
 
 
-def test_complete_runs_are_skipped_not_run_again(swept):
+def test_a_finished_sweep_run_again_trains_nothing(swept):
     sweep_dir, _, _ = swept
-    files = [sweep_dir / run.name / name for run in PLAN.runs() for name in ("final_eval.json", "checkpoint.pt")]
-    before = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in files}
-    started = []
-    outcome = run_sweep(PLAN, sweep_dir, workers=2, echo=started.append)
-    assert outcome.skipped == [run.name for run in PLAN.runs()] and outcome.finished == [] and started == []
-    assert {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in files} == before
+    files = sorted(path for path in sweep_dir.rglob("*") if path.is_file() and "report" not in path.parts)
+    before = {path: path.stat().st_mtime_ns for path in files}
+    result = run_cli("sweep", *GRID, "--workers", "2", "--logdir", sweep_dir.parent, "--name", "grid")
+    assert result.exit_code == 0, result.output
+    assert "training" not in result.output and "resuming" not in result.output
+    assert len(load(sweep_dir).get_trials()) == 4
+    assert {path: path.stat().st_mtime_ns for path in files if path.name != "study.db"} == \
+        {path: t for path, t in before.items() if path.name != "study.db"}
+
+
+def test_a_study_of_another_grid_or_base_config_is_refused_saying_what_differs(swept):
+    sweep_dir, _, _ = swept
+    other_grid = run_cli("sweep", *SMOKE, "--ent-coef", "0,0.2", "--seeds", "2", "--steps", "4096",
+                         "--checkpoint-every", "2", "--logdir", sweep_dir.parent, "--name", "grid")
+    assert other_grid.exit_code == 1 and "ent_coef: [0.0, 0.1] in the study, [0.0, 0.2] here" in other_grid.output
+    other_base = run_cli("sweep", *GRID, "--hidden", "32", "--logdir", sweep_dir.parent, "--name", "grid")
+    assert other_base.exit_code == 1 and "hidden: 128 in the study, 32 here" in other_base.output
+    assert len(load(sweep_dir).get_trials()) == 4
 
 
 def session_groups(logdir: Path):
@@ -153,22 +195,22 @@ def session_groups(logdir: Path):
 def test_tensorboard_hparams_lists_every_run_with_its_final_evaluation(swept):
     sweep_dir, _, _ = swept
     groups = {group.name: group for group in session_groups(sweep_dir)}
-    assert set(groups) == {run.name for run in PLAN.runs()}
-    for run in PLAN.runs():
+    assert set(groups) == {run.name for run in GRID_PLAN.runs()}
+    trials = {t.user_attrs["run"]: t for t in load(sweep_dir).get_trials()}
+    for run in GRID_PLAN.runs():
         group = groups[run.name]
         assert group.hparams["ent_coef"].number_value == pytest.approx(run.config.ent_coef)
         metrics = {m.name.tag: m.value for m in group.metric_values}
-        final = json.loads((sweep_dir / run.name / "final_eval.json").read_text())
-        assert metrics["eval/mean_return"] == pytest.approx(final["mean"])
+        assert metrics["eval/mean_return"] == pytest.approx(trials[run.name].value)
+        assert trials[run.name].user_attrs["run_dir"] == str((sweep_dir / run.name).resolve())
         assert "charts/episodic_return" in metrics
 
 
-def test_ctrl_c_stops_the_sweep_keeps_the_checkpoint_and_exits_with_one_line(tmp_path):
+def test_ctrl_c_saves_the_checkpoint_puts_the_trial_back_and_exits_with_one_line(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "cli.py", "sweep", "--preset", "smoke", "--seeds", "1", "--steps", "100000000",
-         "--checkpoint-every", "1", "--device", "cpu", "--logdir", str(tmp_path), "--name", "s"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "cli.py", "sweep", *SMOKE, "--seeds", "1", "--steps", "100000000",
+               "--checkpoint-every", "1", "--logdir", str(tmp_path), "--name", "s"]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoint = tmp_path / "s" / "seed=1" / "checkpoint.pt"
     try:
         while not checkpoint.exists() and process.poll() is None:  # the worker is in its training loop
@@ -179,38 +221,43 @@ def test_ctrl_c_stops_the_sweep_keeps_the_checkpoint_and_exits_with_one_line(tmp
         process.kill()
     assert process.returncode == 130, stdout + stderr
     assert stderr.strip().count("\n") == 0 and "interrupted" in stderr, stderr
-    assert load_checkpoint(checkpoint, resumable=True)["update"] >= 1
-    assert "interrupted: checkpoint saved" in (checkpoint.parent / "train.log").read_text()
-
-
-def write_fake_run(run_dir: Path, config, final_return, entropy):
-    """A complete-looking run without training: config, events and final evaluation."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
-    writer = SummaryWriter(str(run_dir))
-    for step in range(256, 1025, 256):
-        writer.add_scalar("charts/episodic_return", (final_return or 0.0) * step / 1024, step)
-        writer.add_scalar("losses/entropy", entropy, step)
-    writer.close()
-    if final_return is not None:
-        (run_dir / "final_eval.json").write_text(json.dumps({"mean": final_return, "ci95": 1.0}))
+    assert "interrupted, checkpoint saved at step" in stdout
+    step = load_checkpoint(checkpoint, resumable=True)["global_step"]
+    assert step >= 256
+    first, copy = load(tmp_path / "s").get_trials()
+    assert (first.state, first.user_attrs["stopped"]) == (TrialState.FAIL, "interrupted")
+    assert copy.state == TrialState.WAITING and copy.user_attrs["attempt"] == 1  # a Ctrl-C uses no retry
+    dry = subprocess.run([*command, "--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert dry.stdout.split() == ["waiting", str(tmp_path / "s" / "seed=1")], dry.stdout + dry.stderr
 
 
 # Final returns per coefficient and seed; ent_coef=0.1 seed 3 is still running (no evaluation).
 FAKE_RETURNS = {0.0: [10.0, 12.0, 11.0], 0.01: [20.0, 26.0, 23.0], 0.1: [15.0, 14.0, None]}
 
 
+def fake_study(plan: SweepPlan, name: str):
+    """A study as `cli.py sweep` leaves it, without training: one trial per run, with its curves."""
+    from breakout_ppo.sweep import study_definition
+
+    study = optuna.create_study(study_name=name, direction="maximize")
+    study.set_user_attr("sweep", json.loads(json.dumps(study_definition(plan))))
+    distribution = optuna.distributions.CategoricalDistribution
+    for order, run in enumerate(plan.runs()):
+        final = FAKE_RETURNS[run.config.ent_coef][run.config.seed - 1]
+        steps = list(range(256, 1025, 256))
+        curves = {"charts/episodic_return": [steps, [(final or 0.0) * s / 1024 for s in steps]],
+                  "losses/entropy": [steps, [1.0 - run.config.ent_coef] * len(steps)]}
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.COMPLETE if final is not None else TrialState.RUNNING, value=final,
+            params=run.params, distributions={"ent_coef": distribution(list(FAKE_RETURNS)),
+                                              "seed": distribution([1, 2, 3])},
+            user_attrs={"run": run.name, "order": order, "curves": curves}))
+    return study
+
+
 def test_the_report_names_the_best_coefficient_and_how_sure_that_is(tmp_path):
     plan = SweepPlan("smoke", {"ent_coef": tuple(FAKE_RETURNS)}, (1, 2, 3), eval_episodes=16)
-    sweep_dir = tmp_path / "fake"
-    for run in plan.runs():
-        final = FAKE_RETURNS[run.config.ent_coef][run.config.seed - 1]
-        write_fake_run(sweep_dir / run.name, run.config, final, entropy=1.0 - run.config.ent_coef)
-    (sweep_dir / "sweep.json").write_text(json.dumps(plan.to_dict()))
-
-    report = write_report(sweep_dir)
+    report = write_report(fake_study(plan, "fake"), tmp_path / "report")
     text = report.markdown.read_text()
     assert report.best == "ent_coef=0.01" and "**Best: ent_coef=0.01**" in text
     # By hand: mean 23, sample std 3, t(0.975, 2 df) = 4.302653, half-width 4.302653 * 3 / sqrt(3) = 7.45.
@@ -223,5 +270,6 @@ def test_the_report_names_the_best_coefficient_and_how_sure_that_is(tmp_path):
     assert (test.t, test.p) == pytest.approx((reference.statistic, reference.pvalue))
     assert f"p = {test.p:.3f}" in text
     assert "Incomplete:** 1 of 9 runs" in text and "ent_coef=0.1,seed=3" in text
+    assert report.missing == ["ent_coef=0.1,seed=3"] and report.failed == []
     for path in report.figures.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.name in text
