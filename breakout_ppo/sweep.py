@@ -200,11 +200,19 @@ def open_storage(url: str, heartbeat: int = 60, max_retries: int = 2):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     # SQLite: wait up to a minute for another process's transaction instead of failing at once.
     engine_kwargs = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
-    try:
-        storage = optuna.storages.RDBStorage(
+    def connect():
+        return optuna.storages.RDBStorage(
             url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
             heartbeat_stale_trial_callback=lambda study, trial: put_back(
                 study, trial, "its worker stopped sending heartbeats", max_retries, counts=True))
+
+    try:
+        try:
+            storage = connect()
+        except Exception as error:
+            if "already exists" not in str(error):
+                raise
+            storage = connect()  # another process created the tables at the same moment: they are there now
     except ImportError as error:
         if parsed.get_backend_name() == "postgresql":
             raise SweepError("PostgreSQL storage needs its driver: pip install -e '.[postgres]' (psycopg 3) and "

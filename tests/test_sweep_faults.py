@@ -1,0 +1,156 @@
+"""Sweeps when workers die: a SIGKILLed worker's trial is taken over by a live worker and resumed
+from its checkpoint, on SQLite and on PostgreSQL (a throwaway cluster; skipped without PostgreSQL
+locally, failed under CI=true); a killed command takes its worker processes with it."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from breakout_ppo.checkpoint import load_checkpoint
+from breakout_ppo.sweep import default_storage, open_storage
+from postgres import postgres_bindir, postgres_cluster
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+UPDATE = 8 * 32
+"""Steps per update in the smoke preset (8 envs x 32 steps)."""
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    bindir = postgres_bindir()
+    if bindir is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("PostgreSQL is missing (no initdb under `pg_config --bindir`); .ci/run installs it")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    with postgres_cluster(bindir) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request, tmp_path):
+    """A storage URL, and the study name to use on it."""
+    if request.param == "sqlite":
+        return default_storage(tmp_path / "s")
+    return request.getfixturevalue("postgres_url")
+
+
+def sweep_command(tmp_path, storage, *args):
+    return [sys.executable, "cli.py", "sweep", "--preset", "smoke", "--device", "cpu", "--eval-episodes", "8",
+            "--heartbeat", "1", "--logdir", str(tmp_path), "--name", f"s{os.getpid()}-{tmp_path.name}",
+            "--storage", storage, *args]
+
+
+def wait_for(condition, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def running_trials(study):
+    try:
+        return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    except Exception:  # the study is being created
+        return []
+
+
+def load_study_when_created(storage, name):
+    def attempt():
+        try:
+            return optuna.load_study(storage=storage, study_name=name)
+        except KeyError:
+            return None
+    return wait_for(attempt, what="the study")
+
+
+def is_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie nobody has reaped yet
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.slow
+def test_a_killed_workers_trial_is_taken_over_and_resumed_from_its_checkpoint(storage_url, tmp_path):
+    total, every = 60 * UPDATE, 5
+    command = sweep_command(tmp_path, storage_url, "--ent-coef", "0,0.1", "--seeds", "1", "--steps", str(total),
+                            "--checkpoint-every", str(every))
+    name = command[command.index("--name") + 1]
+    out_a, out_b = open(tmp_path / "a.log", "w+"), open(tmp_path / "b.log", "w+")
+    a = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=out_a, stderr=subprocess.STDOUT)
+    b = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=out_b, stderr=subprocess.STDOUT)
+    try:
+        study = load_study_when_created(open_storage(storage_url), name)
+
+        def a_has_a_checkpoint():
+            for trial in running_trials(study):
+                run_dir = Path(trial.user_attrs.get("run_dir", "/nonexistent"))
+                if trial.user_attrs.get("worker", "").endswith(f":{a.pid}") and (run_dir / "checkpoint.pt").exists():
+                    return trial
+
+        killed = wait_for(a_has_a_checkpoint, what="worker A's first checkpoint")
+        os.kill(a.pid, signal.SIGKILL)
+        a.wait()
+        checkpoint_step = load_checkpoint(Path(killed.user_attrs["run_dir"]) / "checkpoint.pt")["global_step"]
+        assert b.wait(timeout=120) == 0
+    finally:
+        for process in (a, b):
+            process.kill()
+    out_b.seek(0)
+    output = out_b.read()
+    assert "s3cret" not in output
+    assert output.startswith("sweep ") and ("sweeper:***@" in output.splitlines()[0]) == ("s3cret" in storage_url)
+
+    trials = study.get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.user_attrs["run"] for t in complete) == ["ent_coef=0.0,seed=1", "ent_coef=0.1,seed=1"]
+    killed = study.trials[killed.number]
+    assert [t.number for t in trials if t.state != TrialState.COMPLETE] == [killed.number]
+    assert killed.state == TrialState.FAIL
+    taken, = [t for t in complete if t.user_attrs["run"] == killed.user_attrs["run"]]
+    assert taken.user_attrs["previous_trial"] == killed.number
+    assert taken.user_attrs["previous_stop"] == "its worker stopped sending heartbeats"
+    assert taken.user_attrs["attempt"] == 2 and taken.user_attrs["worker"].endswith(f":{b.pid}")
+    # The takeover resumed at the checkpoint, not at 0, and trained only the rest ...
+    assert 0 < checkpoint_step == taken.user_attrs["resumed_from_step"] < total
+    assert taken.user_attrs["steps_trained"] == total - checkpoint_step
+    assert f"resuming at step {checkpoint_step:,}" in output
+    # ... and A had trained at most one checkpoint interval past that checkpoint (its last heartbeat
+    # recorded how far): the run cost at most total_steps + one interval.
+    assert killed.user_attrs.get("step", 0) <= checkpoint_step + every * UPDATE
+    assert taken.user_attrs["eval"]["global_step"] == total
+
+
+@pytest.mark.slow
+def test_a_killed_command_takes_its_worker_processes_with_it(tmp_path):
+    storage = default_storage(tmp_path / "s")
+    command = sweep_command(tmp_path, storage, "--ent-coef", "0,0.1", "--seeds", "1", "--steps", "100000000",
+                            "--workers", "2")
+    sweep = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        study = load_study_when_created(open_storage(storage), command[command.index("--name") + 1])
+
+        def both_training():
+            trials = [t for t in running_trials(study) if "worker" in t.user_attrs]
+            return trials if len(trials) == 2 else None
+
+        trials = wait_for(both_training, what="both workers training")
+        workers = [int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in trials]
+        assert sweep.pid not in workers and len(set(workers)) == 2
+        os.kill(sweep.pid, signal.SIGKILL)
+        sweep.wait()
+        wait_for(lambda: all(is_gone(pid) for pid in workers), timeout=10, what="the workers to die")
+    finally:
+        sweep.kill()
