@@ -273,3 +273,21 @@ def test_the_report_names_the_best_coefficient_and_how_sure_that_is(tmp_path):
     assert report.missing == ["ent_coef=0.1,seed=3"] and report.failed == []
     for path in report.figures.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.name in text
+
+
+def test_a_trial_that_fails_by_itself_is_retried_a_bounded_number_of_times_and_reported(tmp_path):
+    sweep_dir = tmp_path / "poisoned"
+    sweep_dir.mkdir()
+    (sweep_dir / "ent_coef=0.0,seed=1").write_text("a file where the run directory should be")
+    result = run_cli("sweep", *SMOKE, "--ent-coef", "0,0.1", "--seeds", "1", "--max-retries", "1",
+                     "--logdir", tmp_path, "--name", "poisoned")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith("Error: 1 of 2 runs failed, e.g. ent_coef=0.0,seed=1: error:")
+    trials = load(sweep_dir).get_trials()
+    poisoned = [t for t in trials if t.user_attrs["run"] == "ent_coef=0.0,seed=1"]
+    assert [(t.state, t.user_attrs["attempt"]) for t in poisoned] == [(TrialState.FAIL, 1), (TrialState.FAIL, 2)]
+    assert [t.state for t in trials if t not in poisoned] == [TrialState.COMPLETE]
+    assert "**Failed** (not tried again): ent_coef=0.0,seed=1: error:" in (sweep_dir / "report" / "report.md").read_text()
+    again = run_cli("sweep", *SMOKE, "--ent-coef", "0,0.1", "--seeds", "1", "--max-retries", "1",
+                    "--logdir", tmp_path, "--name", "poisoned")
+    assert again.exit_code == 1 and len(load(sweep_dir).get_trials()) == 3  # used up: not queued again
