@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from breakout_ppo.checkpoint import (
+    CheckpointError,
     config_from_checkpoint,
     load_checkpoint,
     model_from_checkpoint,
@@ -30,6 +31,7 @@ from breakout_ppo.env import BatchedBreakout
 from breakout_ppo.model import ActorCritic
 from breakout_ppo.ppo import collect_rollout, ppo_update
 from breakout_ppo.preflight import check_entropy_term
+from breakout_ppo.rundir import RunDirectory, RunDirectoryError
 
 
 def process_start_time() -> float:
@@ -49,15 +51,18 @@ class TrainingError(Exception):
 
 
 class RunWriter:
-    """Owns `runs/<name>/`: the config as JSON, TensorBoard events, checkpoints."""
+    """Writes into a claimed `runs/<name>/`: the config as JSON, TensorBoard events, checkpoints.
 
-    def __init__(self, run_dir: Path, config: Config):
+    `purge_step`: on resume, the step after the checkpoint's. Events a killed run logged after its
+    last checkpoint are then hidden by TensorBoard's reader, so resumed steps appear once, not twice.
+    """
+
+    def __init__(self, run_dir: Path, config: Config, purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        self.tb = SummaryWriter(str(self.run_dir))
+        self.tb = SummaryWriter(str(self.run_dir), purge_step=purge_step)
         self._log_hparams(config)
 
     def _log_hparams(self, config: Config):
@@ -93,33 +98,47 @@ class TrainResult:
     run_dir: Path
     global_step: int
     updates: int
-    interrupted: bool
+    stop_signal: int | None
+    """The signal (SIGINT or SIGTERM) that stopped training early, checkpoint saved; None otherwise."""
     last_checkpoint: Path | None
     recent_returns: list = field(default_factory=list)
 
+    @property
+    def interrupted(self) -> bool:
+        return self.stop_signal is not None
 
-class _StopOnSigint:
-    """First Ctrl-C: finish the current update, checkpoint and stop. Second: stop at once."""
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _StopOnSignal:
+    """Ctrl-C (SIGINT) or SIGTERM, what schedulers and containers send: finish the current update,
+    checkpoint and stop. A second signal stops at once."""
 
     def __init__(self):
-        self.requested = False
+        self.signal = None
+        self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
 
     def __enter__(self):
-        self._previous = signal.getsignal(signal.SIGINT)
-        try:
-            signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
-            self._previous = None
+        for signum in STOP_SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                break
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self.signal = signum
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
         return False
 
 
@@ -127,6 +146,10 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, sna
           instrument=None, stop_at_step=None) -> TrainResult:
     """Train PPO from scratch (or from the checkpoint `resume`) and write the run to `run_dir`.
 
+    `run_dir` must be new (missing or empty), except that resuming may continue in the checkpoint's
+    own folder; it is held for the whole run (breakout_ppo/rundir.py), so no other training can
+    write into it. A bad config, checkpoint or directory raises TrainingError before anything is
+    written.
     `progress(global_step, sps, recent_return)` is called after each update, for a progress bar.
     `snapshot_seconds`: for time-to-score benchmarks, save `snapshot-<t>s.pt` holding the last
     model that existed before `t` seconds after process start.
@@ -135,20 +158,40 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, sna
     `stop_at_step`: for studies at equal steps, stop (with a checkpoint, as on Ctrl-C) at the first
     update boundary at or past this step; the learning-rate schedule still runs to `total_steps`.
     """
-    device = torch.device(device)
     config.validate()
     payload = None
     if resume is not None:
         payload = load_checkpoint(resume, resumable=True)
         saved = config_from_checkpoint(payload, resume)
-        if saved.replace(total_steps=config.total_steps) != config.replace(total_steps=config.total_steps):
-            raise TrainingError(f"{resume} was trained with a different config; resume with the same flags")
+        differences = saved.differences(config, ignore=("total_steps",))
+        if differences:
+            raise TrainingError(f"{resume} was trained with a different config (checkpoint -> these flags: "
+                                f"{'; '.join(differences)}); resume with the same flags")
+        model_from_checkpoint(payload, config, resume)  # refuse weights that do not fit before any write
+        if payload["update"] >= config.num_updates:
+            raise TrainingError(f"{resume} is at step {payload['global_step']:,}, update {payload['update']}, and "
+                                f"--total-steps {config.total_steps:,} ends at update {config.num_updates}: nothing "
+                                f"to train; give a larger --total-steps to continue it")
 
     # A dead entropy term makes every ent_coef "have no effect"; catch it before spending hours.
     entropy_check = check_entropy_term(config)
     if not entropy_check.passed:
-        raise TrainingError(f"preflight failed: {entropy_check}; the update does not optimise the entropy bonus")
+        raise TrainingError(f"preflight failed: {entropy_check}")
 
+    continuing = resume is not None and Path(run_dir).resolve() == Path(resume).resolve().parent
+    try:
+        run = RunDirectory.claim(run_dir, new=not continuing)
+    except RunDirectoryError as error:
+        raise TrainingError(str(error)) from None
+    try:
+        return _train(config, run.path, torch.device(device), payload=payload, resume=resume, progress=progress,
+                      snapshot_seconds=snapshot_seconds, instrument=instrument, stop_at_step=stop_at_step)
+    finally:
+        run.release()
+
+
+def _train(config, run_dir, device, *, payload, resume, progress, snapshot_seconds, instrument,
+           stop_at_step) -> TrainResult:
     torch.manual_seed(config.seed)
     model = ActorCritic.from_config(config).to(device)
     # One fused kernel per step instead of a handful of ops per parameter: Adam's step took a third
@@ -162,7 +205,7 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, sna
     obs = env.reset()
     global_step, first_update = 0, 0
     if payload is not None:
-        model.load_state_dict(model_from_checkpoint(payload, config, resume).state_dict())
+        model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         restore_env(env, payload)
         obs = env.observe()
@@ -170,12 +213,16 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, sna
         torch.set_rng_state(payload["rng"]["torch"])
         global_step, first_update = payload["global_step"], payload["update"]
 
-    writer = RunWriter(run_dir, config)
-    last_checkpoint, recent_returns = None, []
+    writer = RunWriter(run_dir, config, purge_step=global_step + 1 if payload is not None else None)
+    last_checkpoint = Path(resume) if resume is not None else None
+    recent_returns = []
 
     def save(update):
-        return writer.checkpoint("checkpoint.pt", model=model, optimizer=optimizer, config=config, env=env,
-                                 global_step=global_step, update=update, sampler=sampler)
+        try:
+            return writer.checkpoint("checkpoint.pt", model=model, optimizer=optimizer, config=config, env=env,
+                                     global_step=global_step, update=update, sampler=sampler)
+        except CheckpointError as error:
+            raise TrainingError(f"{error}; last good checkpoint: {last_checkpoint or 'none saved yet'}") from None
 
     snapshots = sorted(snapshot_seconds)
     process_start = process_start_time()
@@ -185,7 +232,7 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, sna
     start_step = global_step
     update = first_update
     try:
-        with _StopOnSigint() as stop:
+        with _StopOnSignal() as stop:
             for update in range(first_update, config.num_updates):
                 remaining = 1.0 - update / config.num_updates
                 lr = config.learning_rate * (remaining if config.anneal_lr else 1.0)
@@ -239,5 +286,5 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, sna
                     writer.snapshot(f"snapshot-{deadline:g}s.pt", model.state_dict(), config, global_step, elapsed)
     finally:
         writer.close()
-    return TrainResult(Path(run_dir), global_step, update + 1 - first_update, stop.requested,
+    return TrainResult(Path(run_dir), global_step, update + 1 - first_update, stop.signal,
                        last_checkpoint, recent_returns)
