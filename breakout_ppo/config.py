@@ -7,6 +7,7 @@ named set of overrides of the defaults; the defaults themselves are the preset `
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 
@@ -133,6 +134,9 @@ class Config:
             (self.num_minibatches > 0, "num_minibatches must be positive"),
             (self.batch_size % self.num_minibatches == 0,
              f"num_envs * num_steps ({self.batch_size}) must be divisible by num_minibatches ({self.num_minibatches})"),
+            # One sample has no standard deviation: its normalised advantage, and then the loss, is NaN.
+            (self.minibatch_size >= 2, f"a minibatch needs at least 2 samples, got num_envs * num_steps / "
+                                       f"num_minibatches = {self.minibatch_size}"),
             (self.update_epochs > 0, "update_epochs must be positive"),
             (self.learning_rate > 0, "learning_rate must be positive"),
             (0 <= self.gamma <= 1, "gamma must be in [0, 1]"),
@@ -151,10 +155,20 @@ class Config:
             (self.shared_layers in (0, 1, 2), f"shared_layers must be 0, 1 or 2, got {self.shared_layers}"),
             (self.checkpoint_every > 0, "checkpoint_every must be positive"),
         ]
+        for f in dataclasses.fields(self):  # before the range checks: inf passes "must be positive"
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value}")
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
         return self
+
+    def differences(self, other: "Config", ignore=()) -> list[str]:
+        """`field: value here -> value there` for each field that differs, for error messages."""
+        return [f"{f.name} {getattr(self, f.name)!r} -> {getattr(other, f.name)!r}"
+                for f in dataclasses.fields(self)
+                if f.name not in ignore and getattr(self, f.name) != getattr(other, f.name)]
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)

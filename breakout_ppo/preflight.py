@@ -10,6 +10,7 @@ training runs (`ppo.ppo_update`) twice from the same small rollout, with entropy
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -29,10 +30,19 @@ class EntropyCheck:
     passed: bool
     max_parameter_difference: float
     threshold: float = MIN_PARAMETER_CHANGE
+    non_finite: bool = False
+    """One update made the parameters NaN or infinite (e.g. a huge learning rate): the probe cannot
+    judge the entropy term then, and the config itself is what is wrong."""
 
     def __str__(self) -> str:
-        verdict = "live" if self.passed else "DEAD"
-        return (f"entropy term {verdict}: ent_coef {PROBE_COEFFICIENTS[0]} vs {PROBE_COEFFICIENTS[1]} "
+        if self.non_finite:
+            return ("one update with this config makes the parameters non-finite (NaN or inf): check "
+                    "learning_rate, vf_coef, ent_coef and max_grad_norm")
+        if not self.passed:
+            return (f"entropy term DEAD: ent_coef {PROBE_COEFFICIENTS[0]} vs {PROBE_COEFFICIENTS[1]} leaves the "
+                    f"updated parameters within {self.max_parameter_difference:.3g} of each other (threshold "
+                    f"{self.threshold:g}): the update does not optimise the entropy bonus")
+        return (f"entropy term live: ent_coef {PROBE_COEFFICIENTS[0]} vs {PROBE_COEFFICIENTS[1]} "
                 f"changes the updated parameters by up to {self.max_parameter_difference:.3g} "
                 f"(threshold {self.threshold:g})")
 
@@ -59,5 +69,7 @@ def check_entropy_term(config: Config, seed: int = 0) -> EntropyCheck:
             ppo.ppo_update(updated, optimizer, rollout, probe.replace(ent_coef=coefficient),
                            torch.Generator().manual_seed(seed + 1))
             results.append(torch.cat([p.detach().flatten() for p in updated.parameters()]))
+    if not all(torch.isfinite(r).all() for r in results):
+        return EntropyCheck(passed=False, max_parameter_difference=math.nan, non_finite=True)
     difference = float((results[0] - results[1]).abs().max())
     return EntropyCheck(passed=difference > MIN_PARAMETER_CHANGE, max_parameter_difference=difference)

@@ -363,7 +363,8 @@ def dead_entropy_term(config: Config, check: EntropyCheck | None = None) -> Find
     (`check` is its result when the caller has already run it)."""
     check = check_entropy_term(config) if check is None else check
     return Finding(
-        name="dead_entropy_term", title="dead entropy term", fired=not check.passed,
+        # A config whose update blows the parameters up cannot be judged by the probe (see its text).
+        name="dead_entropy_term", title="dead entropy term", fired=not check.passed and not check.non_finite,
         value=check.max_parameter_difference, threshold=check.threshold, comparison="<",
         advice="The update computes the entropy bonus but does not optimise it, so every ent_coef has no "
                "effect: make the optimised loss subtract ent_coef * entropy.",
