@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import warnings
 from pathlib import Path
 
@@ -68,9 +69,23 @@ def _atomic_save(payload: dict, path: Path) -> Path:
     try:
         torch.save(payload, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:  # torch's writer reports a full disk as a RuntimeError
+        raise CheckpointError(f"could not save {path}: {_write_failure(error, path)}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _write_failure(error: Exception, path: Path) -> str:
+    """Why a write failed, in words: torch's own message for a full disk is `basic_ios::clear`."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    try:
+        if shutil.disk_usage(path.parent).free < 1 << 20:
+            return "No space left on device"
+    except OSError:
+        pass
+    return str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
 
 
 def load_checkpoint(path, map_location="cpu", resumable=False) -> dict:
@@ -118,11 +133,17 @@ def config_from_checkpoint(payload: dict, path="checkpoint") -> Config:
 
 def model_from_checkpoint(payload: dict, config: Config, path="checkpoint") -> ActorCritic:
     model = ActorCritic.from_config(config)
-    try:
-        model.load_state_dict(payload["model"])
-    except (RuntimeError, KeyError, TypeError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path}: model weights do not fit the config ({first[:200]})") from None
+    weights = payload["model"]
+    mismatch = weights_mismatch(model.state_dict(), weights) if isinstance(weights, dict) else "not a dict of tensors"
+    if mismatch:
+        raise CheckpointError(f"{path}: its model weights do not fit its config (arch {config.arch}, hidden "
+                              f"{config.hidden}, shared_layers {config.shared_layers}): {mismatch}")
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{path}: its model weights are not finite ({bad} of {tensor.numel()} values "
+                                  f"of {name} are NaN or inf): the run diverged before this was saved")
+    model.load_state_dict(weights)
     # A shared layer is saved under both towers' names; loading would keep one silently, so two
     # that differ mean the weights came from separate towers, whatever the config says.
     for name, tensor in payload["model"].items():
@@ -132,6 +153,24 @@ def model_from_checkpoint(payload: dict, config: Config, path="checkpoint") -> A
             raise CheckpointError(f"{path}: the config shares {name.removeprefix('actor.')} between actor and critic "
                                   f"but the weights hold two different ones")
     return model
+
+
+def weights_mismatch(expected: dict, saved: dict) -> str | None:
+    """The first ways `saved` differs from `expected` in names and shapes, in words; None if it fits."""
+    problems = []
+    missing = [name for name in expected if name not in saved]
+    unexpected = [name for name in saved if name not in expected]
+    if missing:
+        problems.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    if unexpected:
+        problems.append(f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}")
+    for name, tensor in expected.items():
+        if name in saved and (not isinstance(saved[name], torch.Tensor) or saved[name].shape != tensor.shape):
+            found = tuple(saved[name].shape) if isinstance(saved[name], torch.Tensor) else type(saved[name]).__name__
+            problems.append(f"{name} is {found} in the file, {tuple(tensor.shape)} for the config")
+            if len(problems) >= 3:
+                break
+    return "; ".join(problems) or None
 
 
 def load_agent(path, device="cpu"):
