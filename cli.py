@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import shutil
+import signal
 import sys
 import time
 from datetime import datetime
@@ -110,11 +113,14 @@ def cli():
 @cli.command()
 @click.option("--preset", "preset_name", type=click.Choice(list(PRESETS)), default="default", show_default=True,
               help="Starting point for the config; flags below override it.")
-@click.option("--run-name", default=None, help="Directory name under --logdir (default: time-stamped).")
+@click.option("--run-name", default=None,
+              help="Directory name under --logdir, new or empty (default: time-stamped; with --resume: the "
+                   "checkpoint's own folder).")
 @click.option("--logdir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_LOGDIR,
               show_default=True, help="Parent directory of runs (TensorBoard's --logdir).")
 @click.option("--resume", type=click.Path(path_type=Path), default=None,
-              help="Continue from this checkpoint (same flags as the original run).")
+              help="Continue the run this checkpoint belongs to, in its folder (same flags as the original "
+                   "run; --total-steps may grow). With --run-name, continue it as a new run there instead.")
 @click.option("--instrument-every", type=click.IntRange(min=1), default=None, metavar="K",
               help="Every K updates, log the instrument panel (video, saliency, heatmap, histograms).")
 @click.option("--snapshot-at", default="", metavar="SECONDS,...",
@@ -125,7 +131,13 @@ def cli():
 @device_option
 @config_options
 def train(preset_name, run_name, logdir, resume, instrument_every, snapshot_at, stop_at_step, device, **overrides):
-    """Train PPO and log to TensorBoard under runs/<run-name>/."""
+    """Train PPO and log to TensorBoard under runs/<run-name>/.
+
+    Ctrl-C or SIGTERM finishes the current update, saves checkpoint.pt and exits with 130 or 143
+    (128 + the signal, as if the signal had ended the process): stopped on request, resumable with
+    --resume. A second signal stops at once. Exit 0 means training ran to its end (or to
+    --stop-at-step), 1 an error.
+    """
     from breakout_ppo.checkpoint import CheckpointError
     from breakout_ppo.train import TrainingError, train as run_training
 
@@ -140,12 +152,12 @@ def train(preset_name, run_name, logdir, resume, instrument_every, snapshot_at, 
         raise click.BadParameter(f"expected seconds separated by commas, got {snapshot_at!r}",
                                  param_hint="--snapshot-at") from None
     device = resolve_device(device)
-    if run_name is None:
-        run_name = resume.parent.name if resume else datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = logdir / run_name
-    if resume is None and (run_dir / "checkpoint.pt").exists():
-        raise click.UsageError(f"{run_dir} already holds a run; choose another --run-name or continue it "
-                               f"with --resume {run_dir / 'checkpoint.pt'}")
+    if run_name is not None:
+        run_dir = logdir / check_run_name(run_name)
+    elif resume is not None:
+        run_dir = resume.parent  # the run the checkpoint belongs to, wherever it lives
+    else:
+        run_dir = logdir / datetime.now().strftime("%Y%m%d-%H%M%S")
     panel = None
     if instrument_every:
         from instruments.panel import TrainingPanel
@@ -159,6 +171,9 @@ def train(preset_name, run_name, logdir, resume, instrument_every, snapshot_at, 
     except (CheckpointError, TrainingError) as error:
         bar.finish()
         raise click.ClickException(str(error)) from None
+    except OSError as error:  # the run directory's other files: config.json, events
+        bar.finish()
+        raise click.ClickException(f"cannot write {error.filename or run_dir}: {error.strerror or error}") from None
     except KeyboardInterrupt:
         bar.finish()
         click.echo("interrupted at once: the last periodic checkpoint in the run directory stands", err=True)
@@ -168,11 +183,22 @@ def train(preset_name, run_name, logdir, resume, instrument_every, snapshot_at, 
             panel.close()
     bar.finish()
     if result.interrupted:
-        click.echo(f"interrupted: checkpoint saved to {result.last_checkpoint}", err=True)
+        name = signal.Signals(result.stop_signal).name
+        click.echo(f"stopped by {name} at step {result.global_step:,}: checkpoint saved to {result.last_checkpoint}; "
+                   f"continue with --resume {result.last_checkpoint}", err=True)
+        sys.exit(128 + result.stop_signal)
     elif stop_at_step is not None and result.global_step < config.total_steps:
         click.echo(f"stopped at {result.global_step:,} steps as asked, checkpoint {result.last_checkpoint}", err=True)
     else:
         click.echo(f"done: {result.global_step:,} steps, checkpoint {result.last_checkpoint}", err=True)
+
+
+def check_run_name(name: str) -> str:
+    """A run name is one folder inside --logdir: never the logdir itself, nor a path out of it."""
+    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise click.BadParameter(f"{name!r} is not a folder name (one path component, no '/')",
+                                 param_hint="--run-name")
+    return name
 
 
 class ProgressLine:
@@ -265,9 +291,10 @@ def inspect(checkpoint, episodes, out_dir, seed, max_video_steps, tensorboard, d
     from instruments.inspect import inspect_agent
 
     out_dir = out_dir or checkpoint.parent / "inspect"
-    result = inspect_agent(checkpoint, out_dir, episodes=episodes, device=device, seed=seed,
-                           max_video_steps=max_video_steps,
-                           tensorboard_dir=checkpoint.parent if tensorboard else None)
+    with one_line_errors(), removed_on_failure(out_dir):
+        result = inspect_agent(checkpoint, out_dir, episodes=episodes, device=device, seed=seed,
+                               max_video_steps=max_video_steps,
+                               tensorboard_dir=checkpoint.parent if tensorboard else None)
     h = result.heatmap_summary
     click.echo(f"replayed episode: return {result.episode_return:g} in {result.episode_length} steps")
     click.echo(f"failure heatmap: {h['episodes']} episodes, mean return {h['mean_return']:.2f}, "
@@ -375,13 +402,39 @@ def sweep(name, preset_name, logdir, storage, seed_count, workers, eval_episodes
 
 
 def require_checkpoint(path: Path) -> None:
-    """A checkpoint that cannot be loaded is a one-line error, before any work starts."""
-    from breakout_ppo.checkpoint import CheckpointError, load_checkpoint
+    """A checkpoint that cannot be loaded (file, config or weights) is a one-line error, before any
+    work starts."""
+    from breakout_ppo.checkpoint import CheckpointError, load_agent
 
     try:
-        load_checkpoint(path)
+        load_agent(path)
     except CheckpointError as error:
         raise click.ClickException(str(error)) from None
+
+
+@contextlib.contextmanager
+def one_line_errors():
+    """What the instruments raise for reasons the user can fix, as one line and exit 1."""
+    from breakout_ppo.checkpoint import CheckpointError
+
+    try:
+        yield
+    except CheckpointError as error:
+        raise click.ClickException(str(error)) from None
+    except OSError as error:
+        raise click.ClickException(f"cannot write {error.filename or 'the output'}: {error.strerror or error}") from None
+
+
+@contextlib.contextmanager
+def removed_on_failure(out_dir: Path):
+    """A folder the command creates goes again if the command fails: no half-made output is left."""
+    existed = out_dir.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and out_dir.is_dir():
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
 
 
 @cli.command()
@@ -394,22 +447,28 @@ def require_checkpoint(path: Path) -> None:
 def report(path, inspect_first, episodes, device):
     """One self-contained HTML page to share: of a run (runs/<run>: learning curves and its latest
     inspection), or of an inspection directory (rebuilt from its files)."""
+    from breakout_ppo.events import damaged_event_files
     from instruments.report import ReportError, check_run_dir, write_inspection_report, write_run_report
 
     try:
-        if (path / "summary.json").is_file() and not inspect_first:
-            page = write_inspection_report(path)
-        else:
-            check_run_dir(path)
-            if inspect_first:
-                from instruments.inspect import inspect_agent
+        with one_line_errors():
+            if (path / "summary.json").is_file() and not inspect_first:
+                page = write_inspection_report(path)
+            else:
+                check_run_dir(path)
+                if inspect_first:
+                    from instruments.inspect import inspect_agent
 
-                checkpoint = path / "checkpoint.pt"
-                require_checkpoint(checkpoint)
-                click.echo(f"inspecting {checkpoint}: {episodes} episodes", err=True)
-                inspect_agent(checkpoint, path / "inspect", episodes=episodes, device=resolve_device(device),
-                              tensorboard_dir=path)
-            page = write_run_report(path)
+                    checkpoint = path / "checkpoint.pt"
+                    require_checkpoint(checkpoint)
+                    click.echo(f"inspecting {checkpoint}: {episodes} episodes", err=True)
+                    with removed_on_failure(path / "inspect"):
+                        inspect_agent(checkpoint, path / "inspect", episodes=episodes,
+                                      device=resolve_device(device), tensorboard_dir=path)
+                page = write_run_report(path)
+                for problem in damaged_event_files(path):
+                    click.echo(f"warning: damaged event file {problem}: the page may miss what was logged after it",
+                               err=True)
     except ReportError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"report: {page} ({page.stat().st_size / 1e6:.1f} MB, self-contained: open it in a browser)")
@@ -437,7 +496,8 @@ def compare(checkpoint_a, checkpoint_b, out_dir, episodes, seed, device):
     if out_dir is None:
         out_dir = DEFAULT_LOGDIR / f"compare-{checkpoint_label(checkpoint_a)}-vs-{checkpoint_label(checkpoint_b)}"
     click.echo(f"comparing on {device}: {episodes} episodes per agent, into {out_dir}", err=True)
-    comparison = compare_agents(checkpoint_a, checkpoint_b, out_dir, episodes=episodes, device=device, seed=seed)
+    with one_line_errors(), removed_on_failure(out_dir):
+        comparison = compare_agents(checkpoint_a, checkpoint_b, out_dir, episodes=episodes, device=device, seed=seed)
     for line in summary_lines(comparison):
         click.echo(line)
     click.echo(f"page: {comparison.files['report']}")

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from breakout_ppo.events import EVENT_FILE_GLOB, damaged_event_files, read_scalars
+
 REPORT_NAME = "report.html"
 
 
@@ -75,6 +77,7 @@ code { background: #eef0f5; padding: 1px 5px; border-radius: 3px; }
 .badge.ok { background: #dcefe0; color: #24663a; }
 .advice { margin: 4px 0 0; }
 .note { color: #555d70; font-size: 13.5px; }
+.warn { color: #b3261e; font-weight: 600; }
 .pair { display: grid; grid-template-columns: 1fr 1fr; gap: 18px; }
 .callouts li { margin: 4px 0; }
 details summary { cursor: pointer; color: #555d70; font-size: 13px; }
@@ -352,24 +355,6 @@ LEARNING_CURVES = (
 )
 
 
-def read_scalars(run_dir) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Every scalar tag of a run's TensorBoard events as (steps, values), in step order."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    # Scalars only: the inspection's images and histograms in the same files are not needed here.
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 1, "histograms": 1,
-                                                           "tensors": 1, "compressedHistograms": 1})
-    events.Reload()
-    scalars = {}
-    for tag in events.Tags()["scalars"]:
-        records = events.Scalars(tag)
-        steps = np.array([r.step for r in records], dtype=np.int64)
-        values = np.array([r.value for r in records], dtype=np.float64)
-        order = np.argsort(steps, kind="stable")
-        scalars[tag] = (steps[order], values[order])
-    return scalars
-
-
 def plot_learning_curves(scalars: dict) -> bytes:
     """The training curves of LEARNING_CURVES on a 3x3 grid, a running mean over noisy ones; PNG bytes."""
     import matplotlib
@@ -425,7 +410,7 @@ def check_run_dir(run_dir) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ReportError(f"run directory not found: {run_dir}")
-    if not any(run_dir.glob("events.out.tfevents.*")):
+    if not any(run_dir.glob(EVENT_FILE_GLOB)):
         raise ReportError(f"{run_dir} holds no TensorBoard events: is it a run directory (runs/<run>)?")
     return run_dir
 
@@ -436,6 +421,9 @@ def write_run_report(run_dir, path=None) -> Path:
     run_dir = check_run_dir(run_dir)
     scalars = read_scalars(run_dir)
     facts, last_step = run_facts(run_dir, scalars)
+    for problem in damaged_event_files(run_dir):
+        facts.append(("damaged event file", f'<span class="warn">{esc(problem)}: the curves may miss what '
+                                            f'was logged after it</span>'))
     config = _read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else None
 
     inspect_dir = run_dir / "inspect"

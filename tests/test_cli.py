@@ -106,29 +106,41 @@ def test_evaluate_a_corrupt_checkpoint_is_one_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_ctrl_c_saves_a_checkpoint_flushes_events_and_exits_cleanly(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stop_signal_saves_flushes_exits_128_plus_signal_and_resumes_from_the_saved_step(tmp_path, signum):
+    # SIGTERM is what schedulers, containers and sweep managers send: it must save like Ctrl-C.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "cli.py", "train", "--preset", "smoke", "--total-steps", "100000000", "--run-name", "c",
-         "--logdir", str(tmp_path), "--checkpoint-every", "100000"],
-        cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
-    )
+    args = ["train", "--preset", "smoke", "--total-steps", "100000000", "--checkpoint-every", "100000"]
+    process = subprocess.Popen([sys.executable, "cli.py", *args, "--run-name", "c", "--logdir", str(tmp_path)],
+                               cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     try:
-        # Wait until training is under way (the first progress line), then press Ctrl-C.
+        # Wait until training is under way (the first progress line), then send the signal.
         for line in process.stderr:
             if "SPS" in line:
                 break
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         rest = process.communicate(timeout=60)[1]
     finally:
         process.kill()
-    assert process.returncode == 0, rest
-    assert "interrupted: checkpoint saved" in rest
-    payload = load_checkpoint(tmp_path / "c" / "checkpoint.pt", resumable=True)
+    assert process.returncode == 128 + signum, rest
+    assert f"stopped by {signal.Signals(signum).name}" in rest and "checkpoint saved" in rest
+    checkpoint = tmp_path / "c" / "checkpoint.pt"
+    payload = load_checkpoint(checkpoint, resumable=True)
     assert payload["update"] >= 1
     events = EventAccumulator(str(tmp_path / "c"))
     events.Reload()
     assert len(events.Scalars("losses/policy_loss")) >= payload["update"]
+
+    # Resuming continues from the saved step, in the same folder, to the new end.
+    saved_step, total = payload["global_step"], payload["global_step"] + 2 * 256
+    result = run(*args[:3], "--total-steps", total, "--checkpoint-every", "100000", "--resume", checkpoint)
+    assert result.exit_code == 0, result.output
+    resumed = load_checkpoint(checkpoint, resumable=True)
+    assert (resumed["global_step"], resumed["update"]) == (total, payload["update"] + 2)
+    events = EventAccumulator(str(tmp_path / "c"))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("losses/policy_loss")]
+    assert len(steps) == len(set(steps)) and max(steps) == total and saved_step + 256 in steps
 
 
 def test_training_into_an_existing_run_is_refused_not_overwritten(tmp_path):
