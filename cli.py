@@ -288,7 +288,7 @@ def inspect(checkpoint, episodes, out_dir, seed, max_video_steps, tensorboard, d
     and one HTML page."""
     device = resolve_device(device)
     require_checkpoint(checkpoint)
-    from instruments.inspect import inspect_agent
+    from instruments.inspection import inspect_agent
 
     out_dir = out_dir or checkpoint.parent / "inspect"
     with one_line_errors(), removed_on_failure(out_dir):
@@ -457,7 +457,7 @@ def report(path, inspect_first, episodes, device):
             else:
                 check_run_dir(path)
                 if inspect_first:
-                    from instruments.inspect import inspect_agent
+                    from instruments.inspection import inspect_agent
 
                     checkpoint = path / "checkpoint.pt"
                     require_checkpoint(checkpoint)

@@ -97,7 +97,7 @@ def main(argv=None) -> None:
     if not args.inspect_only:
         train_without_preflight(config, run_dir)
 
-    from instruments.inspect import inspect_agent
+    from instruments.inspection import inspect_agent
 
     inspection = inspect_agent(checkpoint, run_dir / "inspect", episodes=args.episodes, tensorboard_dir=run_dir)
     print(f"inspection in {inspection.out_dir}: heatmap mean return {inspection.heatmap_summary['mean_return']:.2f}")

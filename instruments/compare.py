@@ -29,7 +29,7 @@ from breakout_ppo.evaluate import SETTINGS, EvalResult, evaluate
 from breakout_ppo.stats import Welch, welch
 from instruments import report
 from instruments.diagnose import Diagnosis, Finding
-from instruments.inspect import inspect_agent
+from instruments.inspection import inspect_agent
 
 REPORT_NAME = "compare.html"
 SIGNIFICANT_MARK = "* significant: Welch's 95% t interval on the difference excludes 0"

@@ -14,7 +14,7 @@ import torch
 
 from instruments.heatmap import failure_heatmap, policy_from_model, save_heatmap_png
 from instruments.hooks import Taps, layer_names
-from instruments.inspect import plot_mean_saliency
+from instruments.inspection import plot_mean_saliency
 from instruments.saliency import gradient_saliency, reduce_channels
 from instruments.tensorboard import TensorBoardSink
 from instruments.traces import record_episode

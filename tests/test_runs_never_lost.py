@@ -195,7 +195,7 @@ def test_non_finite_weights_are_named_as_such_not_as_a_shared_torso_mismatch(bro
 
 
 def test_an_inspection_that_fails_midway_removes_the_folder_it_made(broken_checkpoints, monkeypatch):
-    import instruments.inspect as inspection
+    import instruments.inspection as inspection
 
     def video_writer_fails(*args, **kwargs):
         raise OSError(28, "No space left on device", "rollout.mp4")
