@@ -16,7 +16,7 @@ from breakout_ppo.config import preset
 from breakout_ppo.env import BatchedBreakout
 from breakout_ppo.model import ActorCritic
 from breakout_ppo.train import train
-from ctrl_c import interrupt_after
+from support.ctrl_c import interrupt_after
 
 SMOKE_4_UPDATES = dict(total_steps=4 * 8 * 32, checkpoint_every=100)
 

@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import cli
 from breakout_ppo.evaluate import EvalResult
-from headless_chromium import chromium_or_skip, probe_page, screenshot
+from support.headless_chromium import chromium_or_skip, probe_page, screenshot
 from instruments.compare import (
     Agent,
     difference_sentence,

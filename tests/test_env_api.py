@@ -12,7 +12,7 @@ import torch
 
 from breakout_ppo.env import (EPISODE_COUNTERS, MINATAR_ACTIONS, BatchedBreakout, BreakoutState, bricks_to_grid,
                               grid_to_bricks)
-from minatar_reference import (
+from support.minatar_reference import (
     UP_RIGHT,
     crafted_game,
     landing,

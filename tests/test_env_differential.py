@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from breakout_ppo.env import BatchedBreakout, BreakoutState
-from minatar_reference import (
+from support.minatar_reference import (
     DOWN_LEFT,
     DOWN_RIGHT,
     EVENT_NAMES,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from breakout_ppo.env import ALL_BRICKS, FIRST_BRICK_ROW, GRID, NUM_BRICK_ROWS, BreakoutState, bricks_to_grid, step_game
-from minatar_reference import MOVING_DOWN, MOVING_RIGHT, OUR_EVENT_NAMES, load_slot, minimal_actions, reference_game, reference_step
+from support.minatar_reference import MOVING_DOWN, MOVING_RIGHT, OUR_EVENT_NAMES, load_slot, minimal_actions, reference_game, reference_step
 
 LIVE_ROWS = range(GRID - 1)  # a live ball is never in the paddle row
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from breakout_ppo.env import GRID, LIVE_FRAME_CELLS, NUM_CHANNELS
 from breakout_ppo.model import ActorCritic, FrameLinear
-from minatar_reference import Survivor, minimal_actions, reference_frame, reference_game
+from support.minatar_reference import Survivor, minimal_actions, reference_frame, reference_game
 
 FRAME_CELLS = NUM_CHANNELS * GRID * GRID
 

@@ -16,7 +16,7 @@ from breakout_ppo.config import preset
 from breakout_ppo.env import ALL_BRICKS, NUM_BRICK_CELLS, BatchedBreakout, bricks_to_grid, render
 from breakout_ppo.model import ActorCritic
 from breakout_ppo.ppo import collect_rollout
-from minatar_reference import Survivor, five_sigma, load_slot, reference_frames, reference_game, reference_step
+from support.minatar_reference import Survivor, five_sigma, load_slot, reference_frames, reference_game, reference_step
 
 
 def brick_counts(bricks: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from headless_chromium import chromium_or_skip, probe_page, screenshot
+from support.headless_chromium import chromium_or_skip, probe_page, screenshot
 
 EPISODES = 16
 DATA_URI = re.compile(r'src="data:([a-z]+/[a-z0-9]+);base64,([A-Za-z0-9+/=]+)"')

@@ -24,7 +24,7 @@ from breakout_ppo.stats import mean_ci, welch
 from breakout_ppo.sweep import SweepPlan, default_storage, open_storage
 from breakout_ppo.sweep_report import write_report
 from breakout_ppo.train import train
-from ctrl_c import interrupt_after
+from support.ctrl_c import interrupt_after
 
 ROOT = Path(__file__).resolve().parent.parent
 
