@@ -489,7 +489,7 @@ def compare(checkpoint_a, checkpoint_b, out_dir, episodes, seed, device):
     terminal, TensorBoard and one HTML page, with the differences that matter called out."""
     for checkpoint in (checkpoint_a, checkpoint_b):
         require_checkpoint(checkpoint)
-    from instruments.compare import compare_agents, summary_lines
+    from instruments.judge.compare import compare_agents, summary_lines
     from instruments.report import checkpoint_label
 
     device = resolve_device(device)

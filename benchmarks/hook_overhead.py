@@ -40,7 +40,7 @@ import torch
 from bench_report import write_json
 from breakout_ppo.env import BatchedBreakout
 from breakout_ppo.model import ActorCritic
-from instruments.hooks import Taps, layer_names
+from instruments.measure.hooks import Taps, layer_names
 
 DETACHED_BUDGET = 0.02
 COPIES = ("none", "control", "detached", "attached", "stats")

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import cv2
 
-from instruments.tensorboard import encode_gif
-from instruments.video import (
+from instruments.show.tensorboard_sink import encode_gif
+from instruments.show.video import (
     FRAME_HEIGHT,
     FRAME_WIDTH,
     FrameRenderer,

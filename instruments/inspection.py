@@ -22,12 +22,12 @@ from breakout_ppo.checkpoint import load_agent, load_checkpoint
 from breakout_ppo.env import ACTION_NAMES
 from breakout_ppo.evaluate import EvalResult
 from breakout_ppo.preflight import check_entropy_term
-from instruments.diagnose import Diagnosis, diagnose
-from instruments.heatmap import failure_heatmap, policy_from_model, save_heatmap_png
+from instruments.judge.diagnose import Diagnosis, diagnose
+from instruments.measure.heatmap import failure_heatmap, policy_from_model, save_heatmap_png
 from instruments.report import write_inspection_report
-from instruments.saliency import gradient_saliency, reduce_channels
-from instruments.traces import Trace, record_episode
-from instruments.video import iter_frames, write_contact_sheet, write_video
+from instruments.measure.saliency import gradient_saliency, reduce_channels
+from instruments.measure.traces import Trace, record_episode
+from instruments.show.video import iter_frames, write_contact_sheet, write_video
 
 
 @dataclass
@@ -182,7 +182,7 @@ def _log_to_tensorboard(log_dir: Path, step: int, trace: Trace, files: dict, hea
                         diagnosis: Diagnosis) -> None:
     import cv2
 
-    from instruments.tensorboard import TensorBoardSink
+    from instruments.show.tensorboard_sink import TensorBoardSink
 
     def png(path):
         return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import torch
 
-from instruments.heatmap import failure_heatmap, policy_from_model, save_heatmap_png
-from instruments.hooks import Taps, layer_names
+from instruments.measure.heatmap import failure_heatmap, policy_from_model, save_heatmap_png
+from instruments.measure.hooks import Taps, layer_names
 from instruments.inspection import plot_mean_saliency
-from instruments.saliency import gradient_saliency, reduce_channels
-from instruments.tensorboard import TensorBoardSink
-from instruments.traces import record_episode
-from instruments.video import iter_frames
+from instruments.measure.saliency import gradient_saliency, reduce_channels
+from instruments.show.tensorboard_sink import TensorBoardSink
+from instruments.measure.traces import record_episode
+from instruments.show.video import iter_frames
 
 
 class TrainingPanel:

@@ -214,7 +214,7 @@ def verdict_badge(f) -> str:
 
 
 def finding_html(f) -> str:
-    """One finding of `instruments.diagnose`: title, verdict, value against threshold, advice."""
+    """One finding of `instruments.judge.diagnose`: title, verdict, value against threshold, advice."""
     details = ""
     if f.details:
         rows = [(esc(k), esc(json.dumps(v) if isinstance(v, (dict, list)) else format_number(v)))
@@ -231,7 +231,7 @@ def diagnosis_section(diagnosis: dict | None) -> Section:
         body = ('<p class="note">This inspection has no diagnosis.json (it was made before inspect diagnosed '
                 "agents): run <code>python cli.py inspect</code> again.</p>")
         return Section("diagnosis", "Diagnosis", body)
-    from instruments.diagnose import Diagnosis
+    from instruments.judge.diagnose import Diagnosis
 
     findings = Diagnosis.from_dict(diagnosis).findings
     fired = [f for f in findings if f.fired]

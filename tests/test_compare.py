@@ -16,13 +16,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import cli
 from breakout_ppo.evaluate import EvalResult
 from support.headless_chromium import chromium_or_skip, probe_page, screenshot
-from instruments.compare import (
+from instruments.judge.compare import (
     Agent,
     difference_sentence,
     differences_that_matter,
     welch_difference,
 )
-from instruments.diagnose import Diagnosis, Finding
+from instruments.judge.diagnose import Diagnosis, Finding
 
 EPISODES = 16
 

@@ -20,7 +20,7 @@ from breakout_ppo.config import preset
 from breakout_ppo.env import GRID, NOOP, PADDLE_ROW, RIGHT
 from breakout_ppo.model import ActorCritic
 from breakout_ppo.preflight import EntropyCheck
-from instruments.diagnose import (
+from instruments.judge.diagnose import (
     DEAD_UNIT_SHARE,
     FINDING_NAMES,
     Diagnosis,
@@ -36,7 +36,7 @@ from instruments.diagnose import (
     tunnel_vision,
     value_stuck,
 )
-from instruments.heatmap import failure_heatmap, follow_ball_policy, policy_from_model
+from instruments.measure.heatmap import failure_heatmap, follow_ball_policy, policy_from_model
 
 # 40 updates of 512 games (about 12 s on a loaded core): long enough for the critic to track the
 # return and for the losses to leave the two lanes the start sends the first ball down.

@@ -9,7 +9,7 @@ import torch
 
 from breakout_ppo.env import GRID, MINATAR_ACTIONS, PADDLE_ROW, BatchedBreakout
 from breakout_ppo.model import ActorCritic
-from instruments.heatmap import (
+from instruments.measure.heatmap import (
     FailureHeatmap,
     failure_heatmap,
     follow_ball_policy,

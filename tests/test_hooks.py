@@ -7,7 +7,7 @@ from torch import nn
 
 from breakout_ppo.env import BatchedBreakout
 from breakout_ppo.model import ActorCritic
-from instruments.hooks import Taps, layer_names
+from instruments.measure.hooks import Taps, layer_names
 
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
               "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
@@ -236,7 +236,7 @@ def test_inference_mode_forward_records_activations_without_gradient_hooks():
 
 def test_running_moments_are_stable_far_from_zero():
     """Units with a large mean and a small spread: the variance must not cancel away."""
-    from instruments.hooks import RunningMoments
+    from instruments.measure.hooks import RunningMoments
 
     g = torch.Generator().manual_seed(0)
     batches = [1e4 + 0.01 * torch.randn(n, 5, generator=g) for n in (1, 300, 77, 1000)]

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import cli
-from instruments.diagnose import FINDING_NAMES, Diagnosis
+from instruments.judge.diagnose import FINDING_NAMES, Diagnosis
 
 
 @pytest.fixture(scope="module")

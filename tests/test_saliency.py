@@ -10,7 +10,7 @@ from torch import nn
 
 from breakout_ppo.env import BatchedBreakout
 from breakout_ppo.model import ActorCritic
-from instruments.saliency import (
+from instruments.measure.saliency import (
     gradient_saliency,
     integrated_gradients,
     layers_from_output,

@@ -13,7 +13,7 @@ from PIL import Image  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: E402
 
-from instruments.tensorboard import TensorBoardSink, encode_gif  # noqa: E402
+from instruments.show.tensorboard_sink import TensorBoardSink, encode_gif  # noqa: E402
 
 EVERYTHING = {"scalars": 0, "images": 0, "histograms": 0, "tensors": 0}
 

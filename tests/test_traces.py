@@ -8,7 +8,7 @@ from torch import nn
 
 from breakout_ppo.env import BatchedBreakout
 from breakout_ppo.model import ActorCritic
-from instruments.traces import Trace, record_episode
+from instruments.measure.traces import Trace, record_episode
 
 COLUMNS = torch.arange(10, dtype=torch.float32)
 

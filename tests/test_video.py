@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from breakout_ppo.env import CHANNELS, GRID
-from instruments.traces import Trace
-from instruments.video import (
+from instruments.measure.traces import Trace
+from instruments.show.video import (
     BACKGROUND,
     BAR,
     BAR_TOPS,

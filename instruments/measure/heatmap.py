@@ -14,7 +14,7 @@ refills so far), and the same occupancy over all frames of all episodes, for con
 The bookkeeping is batched: a ring buffer of the last K positions per slot (int16), written every
 step with the finished slots masked out, and read once at the end. `save_heatmap_png` draws it.
 
-    from instruments.heatmap import failure_heatmap, policy_from_model, save_heatmap_png
+    from instruments.measure.heatmap import failure_heatmap, policy_from_model, save_heatmap_png
     heatmap = failure_heatmap(policy_from_model(model), episodes=1000)
     save_heatmap_png(heatmap, "failures.png")
 """

@@ -28,7 +28,7 @@ from breakout_ppo.env import GRID
 from breakout_ppo.evaluate import SETTINGS, EvalResult, evaluate
 from breakout_ppo.stats import Welch, welch
 from instruments import report
-from instruments.diagnose import Diagnosis, Finding
+from instruments.judge.diagnose import Diagnosis, Finding
 from instruments.inspection import inspect_agent
 
 REPORT_NAME = "compare.html"
@@ -357,7 +357,7 @@ def log_to_tensorboard(c: Comparison) -> None:
     """Everything under `compare/` in `c.out_dir`'s event file, at step 0."""
     import cv2
 
-    from instruments.tensorboard import TensorBoardSink
+    from instruments.show.tensorboard_sink import TensorBoardSink
 
     with TensorBoardSink(c.out_dir) as sink:
         for side in (c.a, c.b):

@@ -1,6 +1,6 @@
 """The diagnosis: what is wrong with an agent, as named findings with a figure and a threshold each.
 
-    diagnosis = diagnose(model, config, heatmap=heatmap)   # `heatmap` from instruments.heatmap
+    diagnosis = diagnose(model, config, heatmap=heatmap)   # `heatmap` from instruments.measure.heatmap
     print(diagnosis.to_markdown())
     json.dumps(diagnosis.to_dict())
 
@@ -35,9 +35,9 @@ from breakout_ppo import ppo
 from breakout_ppo.config import Config
 from breakout_ppo.env import GRID, NUM_ACTIONS, BatchedBreakout
 from breakout_ppo.preflight import EntropyCheck, check_entropy_term
-from instruments.heatmap import FailureHeatmap
-from instruments.hooks import Taps
-from instruments.saliency import gradient_saliency, reduce_channels
+from instruments.measure.heatmap import FailureHeatmap
+from instruments.measure.hooks import Taps
+from instruments.measure.saliency import gradient_saliency, reduce_channels
 
 # ---------------------------------------------------------------------------------------------
 # Thresholds

@@ -12,7 +12,7 @@ import torch
 
 from breakout_ppo.env import NUM_ACTIONS, BatchedBreakout
 from breakout_ppo.ppo import sample_actions
-from instruments.saliency import gradient_saliency, reduce_channels
+from instruments.measure.saliency import gradient_saliency, reduce_channels
 
 
 @dataclass
@@ -60,7 +60,7 @@ def record_episode(model, seed: int = 0, max_steps: int = 10_000, *, env: Batche
     value and the reward. Whether the game is over is read every `check_every` steps, not every
     step; the steps played past its end are dropped.
 
-    With `saliency`, the vanilla-gradient saliency (`instruments.saliency.gradient_saliency`) of the
+    With `saliency`, the vanilla-gradient saliency (`instruments.measure.saliency.gradient_saliency`) of the
     logit of the action the policy *chose* (its decision, before any sticky repeat) is computed
     after the episode in one batched backward pass over the copied frames, reduced over channels
     by max |gradient| to (T, 10, 10).

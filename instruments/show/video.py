@@ -16,7 +16,7 @@ Row t of the trace is the decision at step t, so frame t shows the observation, 
 and value computed from it, the action played, and the reward that action earned (counted in the
 return shown).
 
-    from instruments.video import render_frame, write_video, write_contact_sheet
+    from instruments.show.video import render_frame, write_video, write_contact_sheet
     write_video(trace, "episode.mp4")          # H.264, yuv420p: plays in a browser
     write_contact_sheet(trace, "episode.png")  # key frames on one page
     rgb = render_frame(trace, t)               # (450, 800, 3) uint8
@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from breakout_ppo.env import ACTION_NAMES, CHANNELS, GRID
-from instruments.traces import Trace
+from instruments.measure.traces import Trace
 
 FRAME_WIDTH, FRAME_HEIGHT = 800, 450  # both even, as yuv420p needs
 

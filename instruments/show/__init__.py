@@ -1,0 +1,1 @@
+"""What shows: episode videos, figures, the TensorBoard sink and the HTML pages."""
