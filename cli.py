@@ -448,7 +448,7 @@ def report(path, inspect_first, episodes, device):
     """One self-contained HTML page to share: of a run (runs/<run>: learning curves and its latest
     inspection), or of an inspection directory (rebuilt from its files)."""
     from breakout_ppo.events import damaged_event_files
-    from instruments.report import ReportError, check_run_dir, write_inspection_report, write_run_report
+    from instruments.show.pages import ReportError, check_run_dir, write_inspection_report, write_run_report
 
     try:
         with one_line_errors():
@@ -489,8 +489,8 @@ def compare(checkpoint_a, checkpoint_b, out_dir, episodes, seed, device):
     terminal, TensorBoard and one HTML page, with the differences that matter called out."""
     for checkpoint in (checkpoint_a, checkpoint_b):
         require_checkpoint(checkpoint)
-    from instruments.judge.compare import compare_agents, summary_lines
-    from instruments.report import checkpoint_label
+    from instruments.comparison import compare_agents, summary_lines
+    from instruments.show.pages import checkpoint_label
 
     device = resolve_device(device)
     if out_dir is None:

@@ -24,9 +24,10 @@ from breakout_ppo.evaluate import EvalResult
 from breakout_ppo.preflight import check_entropy_term
 from instruments.judge.diagnose import Diagnosis, diagnose
 from instruments.measure.heatmap import failure_heatmap, policy_from_model, save_heatmap_png
-from instruments.report import write_inspection_report
 from instruments.measure.saliency import gradient_saliency, reduce_channels
 from instruments.measure.traces import Trace, record_episode
+from instruments.show.figures import plot_mean_saliency, plot_traces
+from instruments.show.pages import write_inspection_report
 from instruments.show.video import iter_frames, write_contact_sheet, write_video
 
 
@@ -62,60 +63,6 @@ def write_trace_files(trace: Trace, out_dir: Path) -> tuple[Path, Path]:
     }
     json_path.write_text(json.dumps(record))
     return csv_path, json_path
-
-
-def plot_traces(trace: Trace, path: Path) -> Path:
-    """Value estimate and action probabilities over the episode, rewards marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = np.arange(len(trace))
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 5), dpi=110, sharex=True,
-                                      gridspec_kw={"height_ratios": [1.2, 1]})
-    top.plot(steps, trace.values, color="#3b8bd9", lw=1.2, label="value estimate V(s)")
-    rewarded = np.flatnonzero(trace.rewards > 0)
-    top.scatter(rewarded, trace.values[rewarded], color="#2ca02c", s=12, zorder=3, label="brick broken (+1)")
-    top.set_ylabel("V(s)")
-    top.grid(alpha=0.3)
-    top.legend(loc="upper right", fontsize=8)
-    top.set_title(f"One episode: return {trace.rewards.sum():g} in {len(trace)} steps")
-    colours = ["#9e9e9e", "#e4572e", "#17becf"]
-    bottom.stackplot(steps, trace.probs.T, labels=[f"P({name})" for name in ACTION_NAMES], colors=colours,
-                     alpha=0.85)
-    bottom.set_ylim(0, 1)
-    bottom.set_ylabel("action probability")
-    bottom.set_xlabel("step")
-    bottom.legend(loc="upper right", fontsize=8, ncol=3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def plot_mean_saliency(action_map: np.ndarray, value_map: np.ndarray, frames: int, path: Path) -> Path:
-    """Mean |gradient| per cell, of the chosen action's logit and of the value, side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), dpi=110)
-    for ax, data, title in ((axes[0], action_map, "chosen action's logit"), (axes[1], value_map, "value V(s)")):
-        image = ax.imshow(data, cmap="Blues", vmin=0)
-        ax.set_title(f"Mean saliency of the {title}")
-        ax.set_xticks(range(10))
-        ax.set_yticks(range(10))
-        ax.set_yticklabels([f"{r}" + (" brick" if 1 <= r <= 3 else " paddle" if r == 9 else "") for r in range(10)],
-                           fontsize=7)
-        ax.set_xlabel("column")
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="mean max|d output / d cell|")
-    fig.suptitle(f"Where the agent looks: gradient saliency averaged over {frames} frames", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 def inspect_agent(checkpoint, out_dir, episodes: int = 1000, device="cpu", seed: int = 0,

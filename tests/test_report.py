@@ -146,7 +146,7 @@ def test_a_run_without_inspection_says_how_to_make_one(run_dir, tmp_path):
 
 
 def test_an_inspection_from_before_the_diagnosis_still_makes_a_page(run_dir, tmp_path):
-    from instruments.report import write_inspection_report
+    from instruments.show.pages import write_inspection_report
 
     old = tmp_path / "old"
     shutil.copytree(run_dir / "inspect", old)

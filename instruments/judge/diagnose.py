@@ -76,7 +76,8 @@ balls go down one lane to the bottom-left corner (fires); 4.58 for one at 31 poi
 on two mirrored lanes (does not: a plateau is not always one hot spot)."""
 
 MIN_LOSSES = 20
-"""Fewer losses than this make the failure heatmap's entropy a small-sample figure: not judged."""
+"""Fewer lost balls than this make where they were lost a small-sample figure: failure_hot_spots does
+not judge the heatmap's entropy, and `judge/compare.py` does not compare two agents' loss columns."""
 
 DEAD_UNIT_SHARE = 0.5
 """dead_units fires when more than half of all ReLU units are never positive on the rollout: the
@@ -187,6 +188,19 @@ def format_value(x: float) -> str:
     if math.isnan(x):
         return "n/a"
     return f"{x:.3g}"
+
+
+def format_number(x, digits: int = 3) -> str:
+    """Figures for people: NaN/None as n/a, integers without decimals, others to `digits` significant."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, int) or (isinstance(x, float) and x.is_integer() and abs(x) < 1e15):
+        return f"{int(x):,}"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}"
+    return str(x)
 
 
 # ---------------------------------------------------------------------------------------------

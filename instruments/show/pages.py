@@ -1,12 +1,12 @@
-"""One page to share: an inspection, or a whole training run, as a self-contained HTML file.
+"""The pages: an inspection, a whole training run, or two agents compared, each one self-contained
+HTML file built from `html_kit`.
 
     write_inspection_report("runs/x/inspect")   # -> runs/x/inspect/report.html (inspect writes it too)
     write_run_report("runs/x")                  # -> runs/x/report.html: learning curves + latest inspection
+    write_compare_report(comparison)            # -> DIR/compare.html (`cli.py compare` writes it)
 
-The page needs no network: images and the video are base64 data URIs and the style sheet is
-inline, so it can be mailed, attached to an issue or opened offline. The video is the
-inspection's own rollout.mp4 (H.264, yuv420p), which Debian's `chromium` plays, as do Chrome,
-Firefox and Safari; tests/test_report.py loads it in headless Chromium.
+The video is the inspection's own rollout.mp4 (H.264, yuv420p), which Debian's `chromium` plays, as
+do Chrome, Firefox and Safari; tests/test_report.py loads it in headless Chromium.
 
 An inspection page is built from the files in the inspect directory alone (summary.json,
 diagnosis.json, the PNGs, the video), so it can be rebuilt later without the checkpoint. The
@@ -16,151 +16,20 @@ the ball, where it looks, what it expects, how well it scores, and what it was t
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from breakout_ppo.events import EVENT_FILE_GLOB, damaged_event_files, read_scalars
+from instruments.inspection_dir import ReportError, read_inspection, read_json
+from instruments.judge.compare import SIGNIFICANT_MARK, Comparison, diagnosis_rows, evaluation_rows, paired_findings
+from instruments.judge.diagnose import Diagnosis, format_number
+from instruments.show.html_kit import Section, esc, image, matplotlib_png, page, png_figure, table, video
 
 REPORT_NAME = "report.html"
-
-
-class ReportError(Exception):
-    """A directory a report cannot be made from; the message is one line meant for the user."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Building blocks (compare.py builds its page from these too)
-
-
-@dataclass
-class Section:
-    """One titled part of a page; `anchor` is its id for the page's table of contents."""
-
-    anchor: str
-    title: str
-    body: str
-
-
-STYLE = """
-body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1d2330;
-       background: #f4f5f8; }
-main { max-width: 1180px; margin: 0 auto; padding: 20px 28px 60px; }
-header h1 { margin: 8px 0 2px; font-size: 26px; }
-header p { margin: 2px 0; color: #555d70; }
-nav { margin: 12px 0 8px; font-size: 13px; }
-nav a { margin-right: 14px; color: #2d5fa8; text-decoration: none; }
-section { background: #fff; border-radius: 8px; padding: 14px 20px 18px; margin: 16px 0;
-          box-shadow: 0 1px 3px rgba(0,0,0,.08); }
-h2 { font-size: 19px; margin: 4px 0 10px; }
-h3 { font-size: 15px; margin: 0 0 4px; }
-img, video { max-width: 100%; height: auto; display: block; }
-figure { margin: 8px 0 14px; }
-figcaption { font-size: 13px; color: #555d70; margin-top: 4px; }
-table { border-collapse: collapse; font-size: 13.5px; margin: 6px 0; }
-th, td { text-align: left; padding: 3px 12px 3px 0; border-bottom: 1px solid #e4e6ec; vertical-align: top; }
-th { color: #555d70; font-weight: 600; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-code { background: #eef0f5; padding: 1px 5px; border-radius: 3px; }
-.headline { font-size: 16px; color: #1d2330; }
-.finding { border-left: 5px solid #c6cad4; padding: 6px 12px; margin: 8px 0; background: #fafbfc; }
-.finding.fired { border-color: #d1343a; background: #fff1f1; }
-.badge { font-size: 12px; font-weight: 700; padding: 1px 7px; border-radius: 9px; margin-left: 6px;
-         background: #e4e6ec; color: #555d70; }
-.fired .badge, .badge.fired { background: #d1343a; color: #fff; }
-.badge.ok { background: #dcefe0; color: #24663a; }
-.advice { margin: 4px 0 0; }
-.note { color: #555d70; font-size: 13.5px; }
-.warn { color: #b3261e; font-weight: 600; }
-.pair { display: grid; grid-template-columns: 1fr 1fr; gap: 18px; }
-.callouts li { margin: 4px 0; }
-details summary { cursor: pointer; color: #555d70; font-size: 13px; }
-"""
-
-
-def esc(value) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def data_uri(data: bytes, mime: str) -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-
-def image(path, caption: str = "", alt: str = "") -> str:
-    """A PNG file embedded as a figure, or a note saying it is missing."""
-    path = Path(path)
-    if not path.is_file():
-        return f'<p class="note">{esc(path.name)} is missing from this inspection.</p>'
-    return png_figure(path.read_bytes(), caption, alt or path.stem)
-
-
-def png_figure(png: bytes, caption: str = "", alt: str = "") -> str:
-    caption_html = f"<figcaption>{caption}</figcaption>" if caption else ""
-    return f'<figure><img alt="{esc(alt)}" src="{data_uri(png, "image/png")}">{caption_html}</figure>'
-
-
-def matplotlib_png(fig) -> bytes:
-    """A matplotlib figure as PNG bytes (the figure is closed)."""
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def video(path, caption: str = "") -> str:
-    """An MP4 file embedded in a <video> element with controls."""
-    path = Path(path)
-    if not path.is_file():
-        return f'<p class="note">{esc(path.name)} is missing from this inspection.</p>'
-    caption_html = f"<figcaption>{caption}</figcaption>" if caption else ""
-    return (f'<figure><video controls loop preload="auto" width="800" height="450" '
-            f'src="{data_uri(path.read_bytes(), "video/mp4")}"></video>{caption_html}</figure>')
-
-
-def table(rows, header=None, numeric_columns=()) -> str:
-    """Rows of cells (already HTML) as a table; `numeric_columns` are right-aligned."""
-    parts = ["<table>"]
-    if header:
-        parts.append("<tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>")
-    for row in rows:
-        cells = "".join(f'<td class="num">{c}</td>' if i in numeric_columns else f"<td>{c}</td>"
-                        for i, c in enumerate(row))
-        parts.append(f"<tr>{cells}</tr>")
-    parts.append("</table>")
-    return "".join(parts)
-
-
-def page(title: str, subtitle_lines: list[str], sections: list[Section]) -> str:
-    """A whole HTML document: header, a table of contents, the sections."""
-    nav = "".join(f'<a href="#{s.anchor}">{esc(s.title)}</a>' for s in sections)
-    subtitle = "".join(f"<p>{line}</p>" for line in subtitle_lines)
-    body = "".join(f'<section id="{s.anchor}"><h2>{esc(s.title)}</h2>{s.body}</section>' for s in sections)
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{esc(title)}</title><style>{STYLE}</style></head>"
-            f"<body><main><header><h1>{esc(title)}</h1>{subtitle}</header><nav>{nav}</nav>{body}</main>"
-            "</body></html>\n")
-
-
-def format_number(x, digits: int = 3) -> str:
-    """Figures for people: NaN/None as n/a, integers without decimals, others to `digits` significant."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    if isinstance(x, bool):
-        return str(x)
-    if isinstance(x, int) or (isinstance(x, float) and x.is_integer() and abs(x) < 1e15):
-        return f"{int(x):,}"
-    if isinstance(x, float):
-        return f"{x:.{digits}g}"
-    return str(x)
+COMPARE_REPORT_NAME = "compare.html"
 
 
 def checkpoint_label(checkpoint) -> str:
@@ -180,23 +49,6 @@ def mean_with_ci(stats: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # An inspection
-
-
-def read_inspection(out_dir) -> tuple[dict, dict | None]:
-    """(summary.json, diagnosis.json or None) of an inspect directory."""
-    out_dir = Path(out_dir)
-    summary_path = out_dir / "summary.json"
-    if not summary_path.is_file():
-        raise ReportError(f"{out_dir} holds no inspection (no summary.json): run `python cli.py inspect CHECKPOINT`")
-    diagnosis_path = out_dir / "diagnosis.json"
-    return _read_json(summary_path), _read_json(diagnosis_path) if diagnosis_path.is_file() else None
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ReportError(f"{path} is not valid JSON ({type(error).__name__}): run inspect again") from None
 
 
 def return_statistics(summary: dict) -> dict | None:
@@ -231,8 +83,6 @@ def diagnosis_section(diagnosis: dict | None) -> Section:
         body = ('<p class="note">This inspection has no diagnosis.json (it was made before inspect diagnosed '
                 "agents): run <code>python cli.py inspect</code> again.</p>")
         return Section("diagnosis", "Diagnosis", body)
-    from instruments.judge.diagnose import Diagnosis
-
     findings = Diagnosis.from_dict(diagnosis).findings
     fired = [f for f in findings if f.fired]
     headline = (f"<p class=\"headline\"><b>{len(fired)} of {len(findings)} findings fired</b>"
@@ -424,7 +274,7 @@ def write_run_report(run_dir, path=None) -> Path:
     for problem in damaged_event_files(run_dir):
         facts.append(("damaged event file", f'<span class="warn">{esc(problem)}: the curves may miss what '
                                             f'was logged after it</span>'))
-    config = _read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else None
+    config = read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else None
 
     inspect_dir = run_dir / "inspect"
     sections = []
@@ -452,4 +302,59 @@ def write_run_report(run_dir, path=None) -> Path:
     sections.append(config_section(config, "Config"))
     path = Path(path) if path else run_dir / REPORT_NAME
     path.write_text(page(f"Training run: {run_dir.name}", subtitle, sections))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Two agents compared
+
+
+def _pair_of(embed, c: Comparison, name: str) -> str:
+    """A's and B's file `name` from their inspections, embedded side by side."""
+    return (f'<div class="pair"><div><h3>A</h3>{embed(c.a.inspect_dir / name)}</div>'
+            f'<div><h3>B</h3>{embed(c.b.inspect_dir / name)}</div></div>')
+
+
+def write_compare_report(c: Comparison) -> Path:
+    """DIR/compare.html: the differences first, then returns, diagnosis, failures, saliency, play, config."""
+    r = c.returns
+    sentences = "".join(f"<li>{esc(line)}</li>" for line in c.differences)
+    returns_rows = [tuple(esc(cell) for cell in row) for row in evaluation_rows(c)]
+    df = f"{r.df:.0f}" if math.isfinite(r.df) else "&infin;"
+    returns_body = (table(returns_rows, header=("", "A", "B", "B &minus; A"), numeric_columns=(1, 2, 3))
+                    + f'<p class="note">{esc(SIGNIFICANT_MARK) + "<br>" if r.significant else ""}'
+                      "Sampled policy, sticky actions 0.1, 10,000-step cap, the same episode "
+                      f"seed for both. Per agent: normal-approximation 95% CI. Difference: Welch's t interval "
+                      f"({df} degrees of freedom).</p>"
+                    + image(c.files["figure"], "Returns, where the balls are lost, and where B looks "
+                                                      "differently from A."))
+    if c.a.diagnosis is None and c.b.diagnosis is None:
+        diagnosis_body = '<p class="note">Neither inspection holds a diagnosis.</p>'
+    else:
+        def cell(f):
+            return "-" if f is None else f"{format_number(f.value)} {verdict_badge(f)}"
+
+        rows = [(esc(title), cell(fa), cell(fb), esc(when))
+                for (fa, fb), (title, _, _, when) in zip(paired_findings(c.a, c.b), diagnosis_rows(c))]
+        diagnosis_body = (table(rows, header=("finding", "A", "B", "fires when"))
+                          + '<p class="note">&lt;&gt; marks a finding that fires on one agent only. '
+                            "Each agent's findings with their advice: its own report.html (A/, B/).</p>")
+    config_rows = [(f"<code>{esc(k)}</code>", esc(c.a.config.get(k)), esc(c.b.config.get(k)))
+                   for k in dict.fromkeys([*c.a.config, *c.b.config]) if c.a.config.get(k) != c.b.config.get(k)]
+    config_body = (table(config_rows, header=("field", "A", "B")) if config_rows else "")
+    config_body += '<p class="note">Every other field is the same.</p>' if config_rows else \
+        '<p class="note">The two configs are identical.</p>'
+    sections = [
+        Section("differences", "Differences that matter", f'<ul class="callouts">{sentences}</ul>'),
+        Section("returns", "Returns", returns_body),
+        Section("diagnosis", "Diagnosis", diagnosis_body),
+        Section("failures", "Where they lose the ball", _pair_of(image, c, "failure_heatmap.png")),
+        Section("saliency", "Where they look", _pair_of(image, c, "saliency_mean.png")),
+        Section("play", "The agents playing", _pair_of(video, c, "rollout.mp4")),
+        Section("config", "Config", config_body),
+    ]
+    subtitle = [f"A <code>{esc(c.a.checkpoint)}</code> (step {c.a.global_step:,}) &middot; "
+                f"B <code>{esc(c.b.checkpoint)}</code> (step {c.b.global_step:,})"]
+    path = c.out_dir / COMPARE_REPORT_NAME
+    path.write_text(page("Before and after: A vs B", subtitle, sections))
     return path
