@@ -336,12 +336,26 @@ def inspect(checkpoint, episodes, out_dir, seed, max_video_steps, tensorboard, d
                    "another takes the trial over.")
 @click.option("--max-retries", type=click.IntRange(min=0), default=2, show_default=True,
               help="Times a trial that failed (an error, NaN, a dead worker) is queued again; Ctrl-C is not counted.")
+@click.option("--search", "searches", multiple=True, metavar="FIELD=DIST:LOW:HIGH",
+              help="Search FIELD with TPE instead of a grid, DIST one of uniform, log, int, logint (e.g. "
+                   "ent_coef=log:1e-4:0.3); repeat for several fields.")
+@click.option("--trials", type=click.IntRange(min=1), default=None,
+              help="Search trials TPE proposes, each trained on the first seed [default: 20].")
+@click.option("--confirm", type=click.IntRange(min=0), default=None,
+              help="Best search points trained again on the other seeds, fresh ones, for the report's "
+                   "intervals [default: 3; seeds default to 4: one for the search, three fresh].")
+@click.option("--prune", is_flag=True,
+              help="Stop search trials whose evaluation at 1/4, 1/2 or 3/4 of their steps is below the median of "
+                   "earlier trials' (Optuna's MedianPruner, after 4 trials).")
+@click.option("--sampler-seed", type=int, default=None,
+              help="Seed of TPE's proposals: one worker with the same seed proposes the same trials; local "
+                   "worker i gets seed + i. [default: random]")
 @click.option("--dry-run", is_flag=True, help="List the runs and the state of each in the study: complete, "
                                               "running, waiting, failed or new.")
 @device_option
 @config_value_list_options
-def sweep(name, preset_name, logdir, storage, seed_count, workers, eval_episodes, heartbeat, max_retries, dry_run,
-          device, **values):
+def sweep(name, preset_name, logdir, storage, seed_count, workers, eval_episodes, heartbeat, max_retries, searches,
+          trials, confirm, prune, sampler_seed, dry_run, device, **values):
     """Train a grid of configs x seeds as an Optuna study, evaluate each run, and write a report.
 
     Every config flag takes a comma list; several lists sweep their product
@@ -352,20 +366,27 @@ def sweep(name, preset_name, logdir, storage, seed_count, workers, eval_episodes
     after a Ctrl-C or a crash to resume.
     """
     from breakout_ppo.sweep import (OLD_PLAN_FILE, SweepError, SweepInterrupted, SweepPlan, default_storage,
-                                    describe_storage_state, open_storage, open_study, requeue_lost_trials,
-                                    run_states, safe_url, start_workers, wait_for_workers, work)
+                                    describe_storage_state, open_storage, open_study, parse_search,
+                                    requeue_lost_trials, run_states, safe_url, start_workers, wait_for_workers, work)
     from breakout_ppo.sweep_report import write_report
 
     values = {k: tuple(None if x == NO_LIMIT else x for x in v) for k, v in values.items() if v is not None}
     seeds = values.pop("seed", None)
     if seeds and seed_count:
         raise click.UsageError("give --seeds N or --seed A,B,..., not both")
-    plan = SweepPlan(preset_name, values, seeds or tuple(range(1, (seed_count or 3) + 1)), eval_episodes)
     try:
-        runs = plan.runs()
+        search = tuple(parse_search(text) for text in searches)
+        default_seeds = 4 if search else 3
+        if search:
+            trials = trials or 20
+            confirm = min(3, trials) if confirm is None else confirm
+        plan = SweepPlan(preset_name, values, seeds or tuple(range(1, (seed_count or default_seeds) + 1)),
+                         eval_episodes, search, trials or 0, confirm or 0, prune)
+        plan.check()
     except (ValueError, TypeError) as error:
         raise click.UsageError(str(error)) from None
-    name = name or "sweep-" + "-".join(plan.swept or ["seeds"])
+    swept = plan.swept or [field for field, *_ in search]
+    name = name or ("search-" if search else "sweep-") + "-".join(swept or ["seeds"])
     sweep_dir = logdir / name
     storage_url = storage or default_storage(sweep_dir)
     device = str(resolve_device(device))
@@ -374,18 +395,30 @@ def sweep(name, preset_name, logdir, storage, seed_count, workers, eval_episodes
             raise SweepError(f"{sweep_dir} holds a sweep of the old process pool ({OLD_PLAN_FILE}); move it away "
                              "or choose another --name")
         if dry_run:
-            for run_name, state in describe_storage_state(storage_url, name, plan).items():
+            states = describe_storage_state(storage_url, name, plan)
+            for run_name, state in states.items():
                 click.echo(f"{state:9} {sweep_dir / run_name}")
+            if not states:
+                click.echo(f"no trial yet: a search proposes its {plan.trials} trials as it runs")
             return
         study_storage = open_storage(storage_url, heartbeat, max_retries)
-        study = open_study(study_storage, name, plan)
+        study = open_study(study_storage, name, plan, sampler_seed)
         requeue_lost_trials(study, plan, max_retries)
-        click.echo(f"sweep {name} on {safe_url(storage_url)}: {len(runs)} runs of {runs[0].config.total_steps:,} "
-                   f"steps, {workers} worker(s) here on {device}")
+        steps = plan.config_for({}, plan.seeds[0]).total_steps
+        if search:
+            what = (f"search of {plan.trials} trials of {steps:,} steps on seed {plan.seeds[0]}, the best "
+                    f"{plan.confirm} again on seeds {', '.join(map(str, plan.seeds[1:]))}")
+        else:
+            what = f"{len(plan.runs())} runs of {steps:,} steps"
+        click.echo(f"sweep {name} on {safe_url(storage_url)}: {what}, {workers} worker(s) here on {device}")
         if workers == 1:
             work(study, study_storage, plan, sweep_dir, device, max_retries, echo=click.echo)
-        elif any(state in ("waiting", "running") for state in run_states(study, plan).values()):
-            wait_for_workers(start_workers(workers, storage_url, name, sweep_dir, device, heartbeat, max_retries))
+        elif search or any(state in ("waiting", "running") for state in run_states(study, plan).values()):
+            codes = wait_for_workers(start_workers(workers, storage_url, name, sweep_dir, device, heartbeat,
+                                                   max_retries, sampler_seed))
+            if any(codes):
+                click.echo(f"{sum(map(bool, codes))} of {workers} workers stopped with an error (their last line "
+                           "above says why)", err=True)
     except SweepError as error:
         raise click.ClickException(str(error)) from None
     except (SweepInterrupted, KeyboardInterrupt) as stopped:
@@ -394,10 +427,10 @@ def sweep(name, preset_name, logdir, storage, seed_count, workers, eval_episodes
     report = write_report(study, sweep_dir / "report")
     click.echo(f"{report.headline}\nreport: {report.markdown}")
     if report.failed:
-        raise click.ClickException(f"{len(report.failed)} of {len(runs)} runs failed, e.g. {report.failed[0]} "
+        raise click.ClickException(f"{len(report.failed)} of {report.runs} runs failed, e.g. {report.failed[0]} "
                                    f"(the trials' user attribute `stopped` says why)")
     if report.missing:
-        raise click.ClickException(f"{len(report.missing)} of {len(runs)} runs are not complete, e.g. "
+        raise click.ClickException(f"{len(report.missing)} of {report.runs} runs are not complete, e.g. "
                                    f"{report.missing[0]}; run the same command again")
 
 

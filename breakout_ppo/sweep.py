@@ -24,6 +24,7 @@ could otherwise both do. PostgreSQL locks the row (SELECT ... FOR UPDATE).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -31,6 +32,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -84,13 +86,88 @@ def point_label(point: tuple) -> str:
     return ",".join(f"{name}={value}" for name, value in point) or "all runs"
 
 
+SEARCH_DISTRIBUTIONS = {"uniform": (float, False), "log": (float, True), "int": (int, False), "logint": (int, True)}
+"""`--search FIELD=DIST:LOW:HIGH`: DIST -> (type of the field, sampled on a log scale)."""
+
+
+def parse_search(text: str) -> tuple:
+    """`ent_coef=log:1e-4:0.3` -> ("ent_coef", "log", 1e-4, 0.3); ValueError (one line) otherwise."""
+    field, _, spec = text.partition("=")
+    parts = spec.split(":")
+    if not field or len(parts) != 3:
+        raise ValueError(f"--search {text!r}: expected FIELD=DIST:LOW:HIGH, e.g. ent_coef=log:1e-4:0.3")
+    dist, low, high = parts
+    types = {f.name: f.type for f in dataclasses.fields(Config)}
+    if field not in types or field == "seed":
+        raise ValueError(f"--search {text!r}: {field!r} is not a config field one can search")
+    if dist not in SEARCH_DISTRIBUTIONS:
+        raise ValueError(f"--search {text!r}: unknown distribution {dist!r}; choose {', '.join(SEARCH_DISTRIBUTIONS)}")
+    kind, log = SEARCH_DISTRIBUTIONS[dist]
+    if types[field] != kind.__name__:
+        raise ValueError(f"--search {text!r}: {field} is a {types[field]} field; "
+                         f"use {'uniform or log' if types[field] == 'float' else 'int or logint'}")
+    try:
+        low, high = kind(low), kind(high)
+    except ValueError:
+        raise ValueError(f"--search {text!r}: LOW and HIGH must be {types[field]} numbers") from None
+    if not low < high or (log and low <= 0):
+        raise ValueError(f"--search {text!r}: needs LOW < HIGH{' and LOW > 0 on a log scale' if log else ''}")
+    return field, dist, low, high
+
+
 @dataclass(frozen=True)
 class SweepPlan:
     preset: str
     values: dict
     """Config field -> the values given for it; a field with one value is fixed, not swept."""
     seeds: tuple
+    """A grid trains every point on each. A search trains its trials on the first and the best
+    `confirm` points again on the others (fresh seeds, so their interval is not flattered by the
+    selection)."""
     eval_episodes: int = 1024
+    search: tuple = ()
+    """Searched fields, `((field, distribution, low, high), ...)` (see `parse_search`); empty: a grid."""
+    trials: int = 0
+    """Search trials that TPE proposes."""
+    confirm: int = 0
+    """Best search points trained again on the fresh seeds."""
+    prune: bool = False
+    """Stop search trials whose intermediate evaluation falls below the median of earlier trials'."""
+
+    @property
+    def kind(self) -> str:
+        return "search" if self.search else "grid"
+
+    @property
+    def fixed(self) -> dict:
+        return {name: values[0] for name, values in self.values.items() if len(values) == 1}
+
+    def config_for(self, params: dict, seed: int) -> Config:
+        """The config of a trial with these swept or searched values."""
+        return preset(self.preset, **self.fixed, **params, seed=seed)
+
+    def check(self) -> None:
+        """ValueError (one line) for a plan that makes no sense, before anything runs."""
+        if not self.search:
+            if self.trials or self.confirm or self.prune:
+                raise ValueError("--trials, --confirm and --prune are for searches (--search FIELD=DIST:LOW:HIGH)")
+            self.runs()
+            return
+        if self.swept:
+            raise ValueError(f"a search takes one value per other flag; {', '.join(self.swept)} lists several")
+        searched = [field for field, *_ in self.search]
+        for field in searched:
+            if searched.count(field) > 1 or field in self.values:
+                raise ValueError(f"{field} is searched twice, or both searched and given")
+        if self.trials < 1 or not 0 <= self.confirm <= self.trials:
+            raise ValueError("a search needs --trials >= 1 and --confirm between 0 and --trials")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seed lists a value twice: {', '.join(map(str, self.seeds))}")
+        if self.confirm and len(self.seeds) < 3:
+            raise ValueError("confirming the best points needs at least 2 fresh seeds: --seeds 3 or more "
+                             "(the first trains the search, the others the confirmation)")
+        for corner in (0, 1):  # the bounds of every range make a valid config
+            self.config_for({field: bounds[corner] for field, _, *bounds in self.search}, self.seeds[0])
 
     @property
     def swept(self) -> list[str]:
@@ -122,9 +199,9 @@ class SweepPlan:
         return runs
 
     def base_config(self) -> dict:
-        """The config every run shares: all fields but the swept ones and the seed."""
-        config = self.runs()[0].config.to_dict()
-        return {k: v for k, v in config.items() if k not in {*self.swept, "seed"}}
+        """The config every run shares: all fields but the swept or searched ones and the seed."""
+        config = preset(self.preset, **self.fixed).to_dict()
+        return {k: v for k, v in config.items() if k not in {*self.swept, *(f for f, *_ in self.search), "seed"}}
 
     def command_line(self, name: str) -> str:
         """The `cli.py sweep` command that makes this plan."""
@@ -137,16 +214,22 @@ class SweepPlan:
         words.append(f"--seeds {len(self.seeds)}" if counted else f"--seed {','.join(map(str, self.seeds))}")
         if self.eval_episodes != 1024:
             words.append(f"--eval-episodes {self.eval_episodes}")
+        words += [f"--search {field}={dist}:{low}:{high}" for field, dist, low, high in self.search]
+        if self.search:
+            words += [f"--trials {self.trials}", f"--confirm {self.confirm}", *(["--prune"] if self.prune else [])]
         return " ".join(words)
 
     def to_dict(self) -> dict:
         return {"preset": self.preset, "values": {k: list(v) for k, v in self.values.items()},
-                "seeds": list(self.seeds), "eval_episodes": self.eval_episodes}
+                "seeds": list(self.seeds), "eval_episodes": self.eval_episodes,
+                "search": [list(s) for s in self.search], "trials": self.trials, "confirm": self.confirm,
+                "prune": self.prune}
 
     @classmethod
     def from_dict(cls, data: dict) -> "SweepPlan":
         return cls(data["preset"], {k: tuple(v) for k, v in data["values"].items()}, tuple(data["seeds"]),
-                   data["eval_episodes"])
+                   data["eval_episodes"], tuple(tuple(s) for s in data.get("search", ())), data.get("trials", 0),
+                   data.get("confirm", 0), data.get("prune", False))
 
 
 # --- the storage -------------------------------------------------------------------------------
@@ -198,8 +281,16 @@ def open_storage(url: str, heartbeat: int = 60, max_retries: int = 2):
     sqlite = parsed.get_backend_name() == "sqlite"
     if sqlite and parsed.database:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    # SQLite: wait up to a minute for another process's transaction instead of failing at once.
-    engine_kwargs = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
+    if sqlite:
+        # pysqlite left to itself opens a transaction before the first write, and a reader that then
+        # writes can deadlock with another process ("database is locked" at once, no waiting). So
+        # the driver never begins one (isolation_level None) and waits up to a minute for a lock;
+        # `_serialise_sqlite` then makes SQLAlchemy's transactions BEGIN IMMEDIATE.
+        engine_kwargs = {"creator": functools.partial(sqlite3.connect, parsed.database, timeout=60,
+                                                      isolation_level=None, check_same_thread=False)}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+
     def connect():
         return optuna.storages.RDBStorage(
             url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
@@ -228,21 +319,16 @@ def open_storage(url: str, heartbeat: int = 60, max_retries: int = 2):
 
 def _serialise_sqlite(engine, event) -> None:
     """Every transaction takes SQLite's write lock at its start (SQLAlchemy's documented recipe for
-    pysqlite), so Optuna's read-then-write of a trial's state is atomic across processes."""
-
-    @event.listens_for(engine, "connect")
-    def _no_implicit_begin(dbapi_connection, record):
-        dbapi_connection.isolation_level = None
+    pysqlite), so Optuna's read-then-write of a trial's state is atomic across processes. (Until
+    now, while Optuna created its tables, each statement was a transaction of its own.)"""
 
     @event.listens_for(engine, "begin")
     def _begin_immediate(connection):
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
-    engine.dispose()  # connections opened before the listeners reconnect with them
-
 
 def study_definition(plan: SweepPlan) -> dict:
-    return {"kind": "grid", **plan.to_dict(), "base_config": plan.base_config()}
+    return {"kind": plan.kind, **plan.to_dict(), "base_config": plan.base_config()}
 
 
 def describe_difference(stored: dict, wanted: dict) -> str:
@@ -259,23 +345,47 @@ def describe_difference(stored: dict, wanted: dict) -> str:
     return "; ".join(parts[:4]) + ("; ..." if len(parts) > 4 else "")
 
 
-def open_study(storage, name: str, plan: SweepPlan, create: bool = True, wait: float = 60.0):
+def make_sampler(plan: SweepPlan, seed: int | None):
+    """TPE with a constant liar (running trials count as bad, so parallel workers spread out);
+    proposals repeat for one worker with a fixed `seed` only."""
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+
+
+def make_pruner(plan: SweepPlan):
+    """Median rule: a trial whose evaluation at a quarter, half or three quarters of its steps is
+    below the median of earlier trials' at that step stops (after 4 trials have set the median)."""
+    import optuna
+
+    return optuna.pruners.MedianPruner(n_startup_trials=4) if plan.prune else optuna.pruners.NopPruner()
+
+
+def enqueue_grid(study, plan: SweepPlan) -> None:
+    """One waiting trial per grid point x seed, in grid order (a search enqueues nothing up front)."""
+    if plan.kind == "grid":
+        for order, run in enumerate(plan.runs()):
+            study.enqueue_trial(run.params, user_attrs={"run": run.name, "order": order, "attempt": 1},
+                                skip_if_exists=True)
+    study.set_user_attr("enqueued", True)
+
+
+def open_study(storage, name: str, plan: SweepPlan, sampler_seed: int | None = None, wait: float = 60.0):
     """Create the study and enqueue its grid, or load it and check that it sweeps the same grid
     on the same base config. Only the process that creates the study enqueues it (others wait for
     that), so two commands started at once do not enqueue a point twice."""
     import optuna
 
     wanted = json.loads(json.dumps(study_definition(plan)))  # tuples -> lists, as stored
+    sampler, pruner = make_sampler(plan, sampler_seed), make_pruner(plan)
     try:
-        study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
+        study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
+                                    pruner=pruner)
     except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(storage=storage, study_name=name)
+        study = optuna.load_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner)
     else:
         study.set_user_attr("sweep", wanted)
-        for order, run in enumerate(plan.runs()):
-            study.enqueue_trial(run.params, user_attrs={"run": run.name, "order": order, "attempt": 1},
-                                skip_if_exists=True)
-        study.set_user_attr("enqueued", True)
+        enqueue_grid(study, plan)
         return study
     deadline = time.monotonic() + wait
     while not study.user_attrs.get("enqueued") and time.monotonic() < deadline:
@@ -287,10 +397,7 @@ def open_study(storage, name: str, plan: SweepPlan, create: bool = True, wait: f
         raise SweepError(f"study {name!r} sweeps another grid or base config ({describe_difference(stored, wanted)}); "
                          "choose another --name")
     if not study.user_attrs.get("enqueued"):  # its creator died half-way
-        for order, run in enumerate(plan.runs()):
-            study.enqueue_trial(run.params, user_attrs={"run": run.name, "order": order, "attempt": 1},
-                                skip_if_exists=True)
-        study.set_user_attr("enqueued", True)
+        enqueue_grid(study, plan)
     return study
 
 
@@ -301,8 +408,8 @@ def put_back(study, trial, why: str, max_retries: int, counts: bool) -> bool:
     if attempt > 1 + max_retries:
         return False
     params = trial.system_attrs.get("fixed_params") or trial.params
-    study.enqueue_trial(params, user_attrs={"run": trial.user_attrs["run"], "order": trial.user_attrs["order"],
-                                            "attempt": attempt, "previous_trial": trial.number,
+    same = {key: trial.user_attrs[key] for key in ("run", "order", "phase", "seed") if key in trial.user_attrs}
+    study.enqueue_trial(params, user_attrs={**same, "attempt": attempt, "previous_trial": trial.number,
                                             "previous_stop": why})
     return True
 
@@ -314,25 +421,26 @@ def requeue_lost_trials(study, plan: SweepPlan, max_retries: int) -> None:
 
     by_run = {}
     for trial in study.get_trials(deepcopy=False):
-        by_run.setdefault(trial.user_attrs.get("run"), []).append(trial)
-    for run in plan.runs():
-        trials = by_run.get(run.name, [])
-        if trials and all(t.state == TrialState.FAIL for t in trials):
+        if "run" in trial.user_attrs:
+            by_run.setdefault(trial.user_attrs["run"], []).append(trial)
+    for trials in by_run.values():
+        if all(t.state == TrialState.FAIL for t in trials):
             last = max(trials, key=lambda t: t.number)
             # Counted as a failure: a trial that used its last retry must not come back here.
             put_back(study, last, last.user_attrs.get("stopped", "lost"), max_retries, counts=True)
 
 
 def run_states(study, plan: SweepPlan) -> dict:
-    """Run name -> complete, running, waiting, failed or new (no trial yet)."""
+    """Run name -> complete, pruned, running, waiting, failed or new (a grid's run with no trial yet)."""
     from optuna.trial import TrialState
 
-    rank = {TrialState.COMPLETE: 4, TrialState.RUNNING: 3, TrialState.WAITING: 2, TrialState.FAIL: 1}
-    states = {run.name: "new" for run in plan.runs()}
+    rank = {TrialState.COMPLETE: 5, TrialState.PRUNED: 4, TrialState.RUNNING: 3, TrialState.WAITING: 2,
+            TrialState.FAIL: 1}
+    states = {run.name: "new" for run in plan.runs()} if plan.kind == "grid" else {}
     best = {}
     for trial in study.get_trials(deepcopy=False) if study is not None else []:
         name = trial.user_attrs.get("run")
-        if name in states and rank.get(trial.state, 0) > best.get(name, 0):
+        if name is not None and rank.get(trial.state, 0) > best.get(name, 0):
             best[name] = rank[trial.state]
             states[name] = trial.state.name.lower().replace("fail", "failed")
     return states
@@ -434,69 +542,96 @@ def worker_label() -> str:
 
 def work(study, storage, plan: SweepPlan, sweep_dir, device: str = "cpu", max_retries: int = 2,
          echo=print) -> WorkerOutcome:
-    """Train waiting trials until every trial is finished. With none waiting while others run,
-    poll: a running trial whose worker died goes stale and is put back, and this worker takes it
-    over. Ctrl-C puts the trial back and raises SweepInterrupted."""
+    """Train waiting trials (and, in a search, new proposals) until every trial is finished. With
+    none to take while others run, poll: a running trial whose worker died goes stale and is put
+    back, and this worker takes it over. Ctrl-C puts the trial back and raises SweepInterrupted."""
+    import optuna
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
     sweep_dir = Path(sweep_dir)
-    runs = {run.name: run for run in plan.runs()}
     outcome = WorkerOutcome([], [])
     poll = min(storage.get_heartbeat_interval(), 1.0)  # how soon an idle worker sees the sweep end
     while True:
         fail_stale_trials(study)  # puts copies of stale trials back (open_storage's callback)
         taken = take_waiting_trial(study, storage)
+        if taken is None and plan.kind == "search":
+            taken = propose_trial(study, storage, plan)
         if taken is None:
+            if plan.kind == "search" and enqueue_confirmation(study, plan):
+                continue
             if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
                 return outcome
             time.sleep(poll)
             continue
         trial, trial_id = taken
-        run = runs[trial.user_attrs["run"]]
-        for field, values in [*((f, plan.values[f]) for f in plan.swept), ("seed", plan.seeds)]:
-            trial.suggest_categorical(field, list(values))  # the enqueued value, recorded as a parameter
+        name = trial.user_attrs["run"]
+        suggest(trial, plan)
+        seed = trial.params["seed"] if plan.kind == "grid" else trial.user_attrs["seed"]
+        config = plan.config_for({k: v for k, v in trial.params.items() if k != "seed"}, seed)
         trial.set_user_attr("worker", worker_label())
-        trial.set_user_attr("run_dir", str((sweep_dir / run.name).resolve()))
+        trial.set_user_attr("run_dir", str((sweep_dir / name).resolve()))
         duplicate = is_duplicate(study, trial)
         if duplicate is not None:
             trial.set_user_attr("stopped", f"duplicate of trial {duplicate}")
             study.tell(trial, state=TrialState.FAIL)
             continue
+        prune = PruneCheck(trial, config, plan.eval_episodes) if plan.prune and \
+            trial.user_attrs.get("phase") == "search" else None
         try:
             with Heartbeat(storage, trial, trial_id, storage.get_heartbeat_interval()) as heartbeat:
-                summary = run_trial(trial, run, sweep_dir / run.name, plan.eval_episodes, device, heartbeat, echo)
+                summary = run_trial(trial, name, config, sweep_dir / name, plan.eval_episodes, device, heartbeat,
+                                    echo, prune)
         except KeyboardInterrupt:
             summary = None
+        except optuna.TrialPruned as pruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            echo(f"pruned trial {trial.number} {name}: {pruned}")
+            continue
         except Exception as error:  # NaN, a bad checkpoint, a full disk: this trial fails, the worker goes on
             why = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
             trial.set_user_attr("stopped", f"error: {why}")
             retried = put_back(study, study.tell(trial, state=TrialState.FAIL), f"error: {why}", max_retries,
                                counts=True)
-            outcome.failed.append((run.name, why))
-            echo(f"FAILED trial {trial.number} {run.name}: {why}" +
+            outcome.failed.append((name, why))
+            echo(f"FAILED trial {trial.number} {name}: {why}" +
                  ("; queued again" if retried else f"; given up after {1 + max_retries} attempts"))
             continue
         if summary is None:  # Ctrl-C: the checkpoint stands; the next run of the command resumes it
             trial.set_user_attr("stopped", "interrupted")
             put_back(study, study.tell(trial, state=TrialState.FAIL), "interrupted", max_retries, counts=False)
-            raise SweepInterrupted(f"trial {trial.number} ({run.name}) stopped with its checkpoint and queued again")
+            raise SweepInterrupted(f"trial {trial.number} ({name}) stopped with its checkpoint and queued again")
         study.tell(trial, summary["mean"])
-        outcome.finished.append(run.name)
-        echo(f"done trial {trial.number} {run.name}: return {summary['mean']:.2f} ± {summary['ci95']:.2f}")
+        outcome.finished.append(name)
+        echo(f"done trial {trial.number} {name}: return {summary['mean']:.2f} ± {summary['ci95']:.2f}")
 
 
-def run_trial(trial, run: SweepRun, run_dir: Path, eval_episodes: int, device: str, heartbeat, echo) -> dict | None:
+def suggest(trial, plan: SweepPlan) -> None:
+    """Record the trial's parameters: a queued trial's own values (Optuna returns the enqueued
+    ones), or TPE's proposal for a new search trial."""
+    if plan.kind == "grid":
+        for field, values in [*((f, plan.values[f]) for f in plan.swept), ("seed", plan.seeds)]:
+            trial.suggest_categorical(field, list(values))
+        return
+    for field, dist, low, high in plan.search:
+        if SEARCH_DISTRIBUTIONS[dist][0] is int:
+            trial.suggest_int(field, low, high, log=SEARCH_DISTRIBUTIONS[dist][1])
+        else:
+            trial.suggest_float(field, low, high, log=SEARCH_DISTRIBUTIONS[dist][1])
+
+
+def run_trial(trial, name: str, config: Config, run_dir: Path, eval_episodes: int, device: str, heartbeat, echo,
+              prune=None) -> dict | None:
     """Train (or resume) the trial's run, evaluate its final model and store the results in the
-    trial. Returns the evaluation summary, or None if training was interrupted."""
+    trial. Returns the evaluation summary, or None if training was interrupted. `prune`: called
+    after every update with the model (see PruneCheck); raises optuna.TrialPruned to stop."""
     from breakout_ppo.checkpoint import load_agent, load_checkpoint
     from breakout_ppo.evaluate import SETTINGS, evaluate
     from breakout_ppo.train import train
 
-    config = run.config
     checkpoint = run_dir / "checkpoint.pt"
     done_step = load_checkpoint(checkpoint, resumable=True)["global_step"] if checkpoint.exists() else 0
-    label = f"trial {trial.number} {run.name}"
+    label = f"trial {trial.number} {name}"
     if run_dir.exists() and not checkpoint.exists():
         # A run that died before its first checkpoint: nothing to resume, and its events would mix in.
         echo(f"{label}: {run_dir} has no checkpoint; starting afresh")
@@ -512,7 +647,8 @@ def run_trial(trial, run: SweepRun, run_dir: Path, eval_episodes: int, device: s
         def progress(step, sps, recent_return):
             heartbeat.step = step
 
-        result = train(config, run_dir, device=device, resume=checkpoint if done_step else None, progress=progress)
+        result = train(config, run_dir, device=device, resume=checkpoint if done_step else None, progress=progress,
+                       instrument=prune)
         trial.set_user_attr("steps_trained", result.global_step - done_step)
         if result.interrupted:
             echo(f"{label}: interrupted, checkpoint saved at step {result.global_step:,}")
@@ -531,6 +667,79 @@ def run_trial(trial, run: SweepRun, run_dir: Path, eval_episodes: int, device: s
     return summary
 
 
+# --- searches: TPE's proposals, pruning, and the best points again on fresh seeds --------------
+
+def original_search_trials(study) -> list:
+    """Trials TPE proposed (not the copies put back after a failure, nor the confirmation runs)."""
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("phase") != "confirm" and "previous_trial" not in t.user_attrs]
+
+
+def propose_trial(study, storage, plan: SweepPlan):
+    """(trial, trial id) of a new search trial on the first seed, while fewer than `plan.trials`
+    were proposed; None after that. (Two workers asking at the same moment may propose one more.)"""
+    if len(original_search_trials(study)) >= plan.trials:
+        return None
+    with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we beat ourselves
+        warnings.simplefilter("ignore")
+        trial = study.ask()
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
+                                                               trial.number)
+    storage.record_heartbeat(trial_id)
+    if "run" not in trial.user_attrs:  # `ask` takes a trial queued meanwhile, if any, before proposing
+        seed = plan.seeds[0]
+        for key, value in {"run": f"trial={trial.number},seed={seed}", "order": trial.number, "attempt": 1,
+                           "phase": "search", "seed": seed}.items():
+            trial.set_user_attr(key, value)
+    return trial, trial_id
+
+
+def enqueue_confirmation(study, plan: SweepPlan) -> bool:
+    """Once every search trial is finished: queue the best `plan.confirm` points on the fresh seeds
+    (`plan.seeds[1:]`). True if it queued them now."""
+    from optuna.trial import TrialState
+
+    if not plan.confirm or study.user_attrs.get("confirm_enqueued"):
+        return False
+    search = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("phase") == "search"]
+    if len(original_search_trials(study)) < plan.trials or any(not t.state.is_finished() for t in search):
+        return False
+    complete = sorted((t for t in search if t.state == TrialState.COMPLETE), key=lambda t: t.value, reverse=True)
+    for rank, best in enumerate(complete[:plan.confirm]):
+        point = best.user_attrs["run"].split(",")[0]  # trial=N
+        for i, seed in enumerate(plan.seeds[1:]):
+            study.enqueue_trial(best.params, user_attrs={
+                "run": f"{point},seed={seed}", "order": 10**6 + rank * 1000 + i, "attempt": 1, "phase": "confirm",
+                "seed": seed, "confirms": best.number})
+    study.set_user_attr("confirm_enqueued", True)
+    return True
+
+
+class PruneCheck:
+    """Training's per-update callback in a pruned search: at a quarter, half and three quarters of
+    the updates, evaluate (a quarter of the final evaluation's episodes), report it to the trial,
+    and raise optuna.TrialPruned when the pruner says stop."""
+
+    def __init__(self, trial, config: Config, eval_episodes: int):
+        self.trial, self.episodes = trial, max(16, eval_episodes // 4)
+        updates = config.num_updates
+        self.at = {max(1, round(updates * f)) for f in (0.25, 0.5, 0.75)} - {updates}
+
+    def __call__(self, updates_done: int, model, global_step: int) -> None:
+        import optuna
+
+        from breakout_ppo.evaluate import SETTINGS, evaluate
+
+        if updates_done not in self.at:
+            return
+        device = next(model.parameters()).device
+        mean = evaluate(model, episodes=self.episodes, device=device, seed=EVAL_SEED, **SETTINGS["default"]).mean
+        self.trial.report(mean, global_step)
+        if self.trial.should_prune():
+            self.trial.set_user_attr("pruned_at_step", global_step)
+            raise optuna.TrialPruned(f"return {mean:.2f} at step {global_step:,} is below the median of earlier trials")
+
+
 def write_eval_scalar(run_dir: Path, mean_return: float, global_step: int) -> None:
     """The HParams metric TensorBoard's parallel-coordinates view compares runs on."""
     from torch.utils.tensorboard import SummaryWriter
@@ -542,8 +751,13 @@ def write_eval_scalar(run_dir: Path, mean_return: float, global_step: int) -> No
 
 def read_curves(run_dir: Path) -> dict:
     """{tag: [steps, values]} of `CURVE_TAGS` from the run's events, thinned to `CURVE_POINTS`."""
+    import logging
+
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    # A resumed run restarts its steps at the checkpoint's: TensorBoard drops the later steps of the
+    # earlier process, as wanted, and would warn about it on the worker's console.
+    logging.getLogger("tensorboard").setLevel(logging.ERROR)
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})  # 0: keep every point
     events.Reload()
     curves = {}
@@ -590,13 +804,14 @@ def _die_with_parent() -> None:
 
 
 def start_workers(count: int, storage_url: str, study_name: str, sweep_dir: Path, device: str, heartbeat: int,
-                  max_retries: int) -> list:
+                  max_retries: int, sampler_seed: int | None = None) -> list:
     """Worker processes that share the command's stdout. Each gets its own session, so a Ctrl-C at
     the terminal reaches only the command, which passes on exactly one SIGINT."""
     env = worker_environment(count, storage_url)
     return [subprocess.Popen(
         [sys.executable, "-m", "breakout_ppo.sweep", "--study", study_name, "--sweep-dir", str(sweep_dir),
-         "--device", device, "--heartbeat", str(heartbeat), "--max-retries", str(max_retries), "--label", f"w{i + 1}"],
+         "--device", device, "--heartbeat", str(heartbeat), "--max-retries", str(max_retries), "--label", f"w{i + 1}",
+         *([] if sampler_seed is None else ["--sampler-seed", str(sampler_seed + i)])],
         env=env, start_new_session=True, preexec_fn=_die_with_parent) for i in range(count)]
 
 
@@ -634,6 +849,7 @@ def main(argv=None) -> int:
     parser.add_argument("--heartbeat", type=int, default=60)
     parser.add_argument("--max-retries", type=int, default=2)
     parser.add_argument("--label", default="")
+    parser.add_argument("--sampler-seed", type=int, default=None)
     args = parser.parse_args(argv)
 
     def echo(line):
@@ -641,8 +857,9 @@ def main(argv=None) -> int:
 
     try:
         storage = open_storage(os.environ[STORAGE_ENV], args.heartbeat, args.max_retries)
-        study = optuna.load_study(storage=storage, study_name=args.study)
-        plan = SweepPlan.from_dict(study.user_attrs["sweep"])
+        plan = SweepPlan.from_dict(optuna.load_study(storage=storage, study_name=args.study).user_attrs["sweep"])
+        study = optuna.load_study(storage=storage, study_name=args.study, pruner=make_pruner(plan),
+                                  sampler=make_sampler(plan, args.sampler_seed))
         work(study, storage, plan, args.sweep_dir, args.device, args.max_retries, echo)
     except SweepInterrupted as stopped:
         echo(f"interrupted: {stopped}")

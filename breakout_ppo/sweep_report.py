@@ -114,7 +114,8 @@ def plot_final_returns(results: list[PointResult], title: str, path: Path) -> No
     ax.set_ylabel("final evaluation return")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -155,7 +156,8 @@ def plot_curves(results: list[PointResult], tag: str, ylabel: str, title: str, s
     smoothing = f", moving average over {window} updates" if window > 1 else ""
     ax.set_title(f"{title}, mean over seeds{smoothing}\n{subtitle}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -226,23 +228,48 @@ class SweepReport:
     """Runs with no complete trial."""
     failed: list
     """`run: why` for runs whose trials failed and will not be tried again."""
+    runs: int
+    """Runs the sweep trains in all."""
 
 
 def write_report(study, out_dir) -> SweepReport:
-    """Write report.md and three PNGs (sweep_final_return, sweep_learning_curves, sweep_entropy)
-    of the sweep `study` (an Optuna study made by `cli.py sweep`) into `out_dir`."""
+    """Write report.md and its PNGs (sweep_final_return, sweep_learning_curves, sweep_entropy, and
+    for a search sweep_search) of the sweep `study` (an Optuna study made by `cli.py sweep`) into
+    `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plan, results, missing = collect_results(study)
-    budget = plan.runs()[0].config.total_steps
+    plan = SweepPlan.from_dict(study.user_attrs["sweep"])
     name = study.study_name
+    budget = plan.config_for({}, plan.seeds[0]).total_steps
+    subtitle = f"{name}: {budget:,} steps per run"
+    scoring = (f"Final return: the final model's mean return over {plan.eval_episodes} evaluation episodes (sampled "
+               "policy, sticky actions 0.1, 10,000-step cap), one score per seed; ± is the 95% Student-t "
+               "confidence interval over seeds. Final training return and entropy: the last update's, mean over seeds.")
+    figures = {}
+    if plan.kind == "grid":
+        plan, results, missing = collect_results(study)
+        seeds, runs = list(plan.seeds), len(plan.runs())
+        intro = [f"# Sweep `{name}`", "", "    " + plan.command_line(name), "",
+                 f"Preset `{plan.preset}`, {budget:,} environment steps per run, seeds {', '.join(map(str, seeds))}. "
+                 + scoring, ""]
+    else:
+        search = collect_search(study, plan)
+        results, missing, runs, seeds = search.confirmed, search.missing, search.runs, list(plan.seeds[1:])
+        figures["search"] = out_dir / "sweep_search.png"
+        plot_search(search, plan, f"Search trials: final return on seed {plan.seeds[0]}\n{subtitle}",
+                    figures["search"])
+        intro = [f"# Search `{name}`", "", "    " + plan.command_line(name), "",
+                 f"Preset `{plan.preset}`, {budget:,} environment steps per run. " + search_summary(search, plan),
+                 "", *search_table(search, plan), "",
+                 f"## The best {plan.confirm} again on fresh seeds {', '.join(map(str, seeds))}", "",
+                 "Their intervals come from the fresh seeds alone: the search seed's score is biased upwards by "
+                 "the selection. " + scoring, ""]
 
-    figures = {
+    figures.update({
         "final_return": out_dir / "sweep_final_return.png",
         "learning_curves": out_dir / "sweep_learning_curves.png",
         "entropy": out_dir / "sweep_entropy.png",
-    }
-    subtitle = f"{name}: {budget:,} steps per run"
+    })
     plot_final_returns(results, f"Final evaluation return ({plan.eval_episodes} episodes per run)\n{subtitle}",
                        figures["final_return"])
     plot_curves(results, RETURN_TAG, "training episodic return", "Learning curves", subtitle,
@@ -250,9 +277,8 @@ def write_report(study, out_dir) -> SweepReport:
     plot_curves(results, ENTROPY_TAG, "policy entropy (nats)", "Entropy over training", subtitle,
                 figures["entropy"])
 
-    seeds = list(plan.seeds)
-    header = ["grid point", "final return (mean ± 95% CI)", *[f"seed {s}" for s in seeds],
-              "final training return", "final entropy"]
+    header = ["grid point" if plan.kind == "grid" else "search point", "final return (mean ± 95% CI)",
+              *[f"seed {s}" for s in seeds], "final training return", "final entropy"]
     rows = []
     for result in results:
         per_seed = dict(zip(result.seeds, result.returns))
@@ -265,19 +291,9 @@ def write_report(study, out_dir) -> SweepReport:
 
     lines = verdict(results)
     best = ranking(results)[0].label if ranking(results) else None
-    text = [
-        f"# Sweep `{name}`",
-        "",
-        "    " + plan.command_line(name),
-        "",
-        f"Preset `{plan.preset}`, {budget:,} environment steps per run, seeds {', '.join(map(str, seeds))}. "
-        f"Final return: the final model's mean return over {plan.eval_episodes} evaluation episodes (sampled "
-        "policy, sticky actions 0.1, 10,000-step cap), one score per seed; ± is the 95% Student-t "
-        "confidence interval over seeds. Final training return and entropy: the last update's, mean over seeds.",
-        "",
-    ]
+    text = intro
     if missing:
-        text += [f"**Incomplete:** {len(missing)} of {len(plan.runs())} runs have no final evaluation yet "
+        text += [f"**Incomplete:** {len(missing)} of {runs} runs have no final evaluation yet "
                  f"({', '.join(missing)}).", ""]
     failed = [f"{r.label},seed={seed}: {why}" for r in results for seed, why in r.failed]
     if failed:
@@ -286,4 +302,115 @@ def write_report(study, out_dir) -> SweepReport:
     text += [f"![{key.replace('_', ' ')}]({path.name})" for key, path in figures.items()]
     markdown = out_dir / "report.md"
     markdown.write_text("\n".join(text) + "\n")
-    return SweepReport(markdown, figures, best, lines[0].replace("**", ""), missing, failed)
+    return SweepReport(markdown, figures, best, lines[0].replace("**", ""), missing, failed, runs)
+
+
+# --- searches ----------------------------------------------------------------------------------
+
+@dataclass
+class SearchResults:
+    trials: list
+    """The search's own trials (one per proposal: the last attempt of each run), by number."""
+    confirmed: list
+    """PointResult of each confirmed point, best search score first."""
+    missing: list
+    runs: int
+    """Runs the search and its confirmation train in all."""
+
+
+def search_point(trial, plan: SweepPlan) -> tuple:
+    """(("trial", N), (field, value to 3 significant digits), ...): the label of a searched point."""
+    number = trial.user_attrs["run"].split(",")[0].split("=")[1]
+    return (("trial", number), *((field, f"{trial.params[field]:.3g}") for field, *_ in plan.search))
+
+
+def collect_search(study, plan: SweepPlan) -> SearchResults:
+    from optuna.trial import TrialState
+
+    by_run = {}
+    for trial in study.get_trials(deepcopy=False):
+        if "run" in trial.user_attrs and not trial.user_attrs.get("stopped", "").startswith("duplicate"):
+            by_run.setdefault(trial.user_attrs["run"], []).append(trial)
+    final = {run: max(trials, key=lambda t: (t.state == TrialState.COMPLETE, t.number))
+             for run, trials in by_run.items()}
+    search = sorted((t for t in final.values() if t.user_attrs.get("phase") == "search"), key=lambda t: t.number)
+    confirm = [t for t in final.values() if t.user_attrs.get("phase") == "confirm"]
+    points = {}
+    for trial in sorted(search, key=lambda t: -(t.value or -math.inf) if t.state == TrialState.COMPLETE else math.inf):
+        if any(c.user_attrs["confirms"] == trial.number for c in confirm):
+            points[trial.number] = PointResult(search_point(trial, plan))
+    missing = []
+    for trial in sorted(confirm, key=lambda t: t.user_attrs["order"]):
+        result = points.setdefault(trial.user_attrs["confirms"], PointResult(search_point(trial, plan)))
+        if trial.state != TrialState.COMPLETE:
+            missing.append(trial.user_attrs["run"])
+            if trial.state == TrialState.FAIL:
+                result.failed.append((trial.user_attrs["seed"], trial.user_attrs.get("stopped", "stale heartbeat")))
+            continue
+        result.seeds.append(trial.user_attrs["seed"])
+        result.returns.append(trial.value)
+        for tag, (steps, values) in trial.user_attrs.get("curves", {}).items():
+            if steps:
+                result.curves.setdefault(tag, []).append((np.array(steps), np.array(values)))
+    missing += [t.user_attrs["run"] for t in search if not t.state.is_finished()]
+    return SearchResults(search, list(points.values()), missing, plan.trials + plan.confirm * (len(plan.seeds) - 1))
+
+
+def search_summary(search: SearchResults, plan: SweepPlan) -> str:
+    from optuna.trial import TrialState
+
+    counts = {state: sum(t.state == state for t in search.trials)
+              for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    fields = ", ".join(f"{field} ({dist} {low:g} to {high:g})" for field, dist, low, high in plan.search)
+    text = (f"TPE searched {fields} over {plan.trials} trials, each trained on seed {plan.seeds[0]} alone "
+            f"({counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
+            f"{counts[TrialState.FAIL]} failed).")
+    if plan.prune:
+        budget = plan.config_for({}, plan.seeds[0]).total_steps
+        trained = sum(t.user_attrs.get("pruned_at_step", budget) for t in search.trials
+                      if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
+        finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+        if finished:
+            text += (f" Pruning (median rule at 1/4, 1/2 and 3/4 of the steps) trained {trained:,} of "
+                     f"{finished * budget:,} steps: {1 - trained / (finished * budget):.0%} saved.")
+    return text
+
+
+def search_table(search: SearchResults, plan: SweepPlan, rows: int = 10) -> list[str]:
+    """The best search trials on their one seed."""
+    from optuna.trial import TrialState
+
+    complete = sorted((t for t in search.trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
+    fields = [field for field, *_ in plan.search]
+    lines = [f"Best {min(rows, len(complete))} of {len(complete)} complete search trials (seed {plan.seeds[0]}):", "",
+             "| trial | " + " | ".join(fields) + f" | final return (seed {plan.seeds[0]}) |",
+             "|" + "---|" * (len(fields) + 2)]
+    for trial in complete[:rows]:
+        point = dict(search_point(trial, plan))
+        lines.append(f"| {point['trial']} | " + " | ".join(point[f] for f in fields) + f" | {trial.value:.2f} |")
+    return lines
+
+
+def plot_search(search: SearchResults, plan: SweepPlan, title: str, path: Path) -> None:
+    """One panel per searched field: each trial's value of it against its final return (pruned
+    trials at their last intermediate evaluation, in grey)."""
+    from optuna.trial import TrialState
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(plan.search), figsize=(4 * len(plan.search), 3.6), dpi=120, squeeze=False)
+    for ax, (field, dist, low, high) in zip(axes[0], plan.search):
+        for state, colour, label in ((TrialState.COMPLETE, "C0", "complete"), (TrialState.PRUNED, "grey", "pruned")):
+            trials = [t for t in search.trials if t.state == state and field in t.params]
+            values = [t.value if state == TrialState.COMPLETE else
+                      (list(t.intermediate_values.values()) or [math.nan])[-1] for t in trials]
+            ax.scatter([t.params[field] for t in trials], values, s=16, color=colour, label=label)
+        if dist in ("log", "logint"):
+            ax.set_xscale("log")
+        ax.set_xlabel(field)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("final evaluation return")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -68,6 +68,16 @@ BAD_SWEEPS = [
     ("--seeds", "2", "--seed", "1,2"),
     ("--workers", "0"),
     ("--preset", "huge"),
+    ("--search", "ent_coef=log:0:0.3"),
+    ("--search", "ent_coef=gauss:1e-4:0.3"),
+    ("--search", "ent_coef=log:a:b"),
+    ("--search", "ent_coef:log:1e-4:0.3"),
+    ("--search", "entropy=log:1e-4:0.3"),
+    ("--search", "hidden=log:8:256"),
+    ("--search", "ent_coef=log:1e-4:0.3", "--learning-rate", "1e-3,2e-3"),
+    ("--search", "ent_coef=log:1e-4:0.3", "--seeds", "2"),
+    ("--prune",),
+    ("--trials", "5"),
 ]
 BAD_STORAGES = [
     ("--storage", "not a url"),
@@ -121,7 +131,7 @@ def swept(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OMP_NUM_THREADS", "1")
         result = run_cli("sweep", *GRID, "--workers", "2", "--logdir", root, "--name", "grid")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0, (result.output, result.exception)
     return root / "grid", straight, result.output
 
 
@@ -291,3 +301,45 @@ def test_a_trial_that_fails_by_itself_is_retried_a_bounded_number_of_times_and_r
     again = run_cli("sweep", *SMOKE, "--ent-coef", "0,0.1", "--seeds", "1", "--max-retries", "1",
                     "--logdir", tmp_path, "--name", "poisoned")
     assert again.exit_code == 1 and len(load(sweep_dir).get_trials()) == 3  # used up: not queued again
+
+
+SEARCH = (*SMOKE, "--search", "ent_coef=log:1e-4:0.3", "--search", "learning_rate=log:1e-4:1e-2", "--seeds", "3")
+
+
+def search(tmp_path, name, *args):
+    result = run_cli("sweep", *SEARCH, *args, "--logdir", tmp_path, "--name", name)
+    assert result.exit_code == 0, result.output
+    return load(tmp_path / name).get_trials(), result.output
+
+
+def test_one_worker_with_a_fixed_sampler_seed_proposes_the_same_trials_and_confirms_the_best(tmp_path):
+    first, output = search(tmp_path, "a", "--trials", "3", "--confirm", "1", "--sampler-seed", "7")
+    second, _ = search(tmp_path, "b", "--trials", "3", "--confirm", "1", "--sampler-seed", "7")
+    proposals = [t.params for t in first if t.user_attrs["phase"] == "search"]
+    assert len(proposals) == 3 and proposals == [t.params for t in second if t.user_attrs["phase"] == "search"]
+    best = max((t for t in first if t.user_attrs["phase"] == "search"), key=lambda t: t.value)
+    confirmation = [t for t in first if t.user_attrs["phase"] == "confirm"]
+    assert [(t.params, t.user_attrs["seed"], t.state) for t in confirmation] == \
+        [(best.params, seed, TrialState.COMPLETE) for seed in (2, 3)]
+    text = (tmp_path / "a" / "report" / "report.md").read_text()
+    assert "trained on seed 1 alone (3 complete, 0 pruned, 0 failed)" in text
+    assert "## The best 1 again on fresh seeds 2, 3" in text and f"**Best: trial={best.number}," in text
+    again = run_cli("sweep", *SEARCH, "--trials", "3", "--confirm", "1", "--logdir", tmp_path, "--name", "a")
+    assert again.exit_code == 0 and "training" not in again.output and len(load(tmp_path / "a").get_trials()) == 5
+
+
+def test_a_pruned_search_reports_at_a_quarter_half_and_three_quarters_and_says_what_it_saved(tmp_path):
+    trials, _ = search(tmp_path, "p", "--trials", "6", "--confirm", "0", "--prune", "--steps", "2048",
+                       "--sampler-seed", "3")
+    assert len(trials) == 6
+    for trial in trials:
+        steps = set(trial.intermediate_values)
+        if trial.state == TrialState.PRUNED:
+            assert trial.user_attrs["pruned_at_step"] == max(steps) and steps <= {512, 1024, 1536}
+        else:
+            assert trial.state == TrialState.COMPLETE and steps == {512, 1024, 1536}
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    saved = sum(2048 - t.user_attrs["pruned_at_step"] for t in pruned)
+    text = (tmp_path / "p" / "report" / "report.md").read_text()
+    assert f"({6 - len(pruned)} complete, {len(pruned)} pruned, 0 failed)" in text
+    assert f"trained {6 * 2048 - saved:,} of {6 * 2048:,} steps" in text

@@ -84,7 +84,7 @@ def is_gone(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_a_killed_workers_trial_is_taken_over_and_resumed_from_its_checkpoint(storage_url, tmp_path):
-    total, every = 60 * UPDATE, 5
+    total, every = 40 * UPDATE, 5
     command = sweep_command(tmp_path, storage_url, "--ent-coef", "0,0.1", "--seeds", "1", "--steps", str(total),
                             "--checkpoint-every", str(every))
     name = command[command.index("--name") + 1]
