@@ -139,7 +139,7 @@ def train(preset_name, run_name, logdir, resume, instrument_every, snapshot_at, 
     --stop-at-step), 1 an error.
     """
     from breakout_ppo.checkpoint import CheckpointError
-    from breakout_ppo.train import TrainingError, train as run_training
+    from breakout_ppo.train import TimedSnapshots, TrainingError, train as run_training
 
     overrides = {k: (None if v == NO_LIMIT else v) for k, v in overrides.items() if v is not None}
     try:
@@ -158,16 +158,19 @@ def train(preset_name, run_name, logdir, resume, instrument_every, snapshot_at, 
         run_dir = resume.parent  # the run the checkpoint belongs to, wherever it lives
     else:
         run_dir = logdir / datetime.now().strftime("%Y%m%d-%H%M%S")
+    # Snapshots first: the panel takes seconds, which must not count against a snapshot's deadline.
+    after_update = [TimedSnapshots(run_dir, snapshot_seconds, config)] if snapshot_seconds else []
     panel = None
     if instrument_every:
         from instruments.panel import TrainingPanel
 
         panel = TrainingPanel(run_dir, instrument_every, sticky_action_prob=config.sticky_action_prob, device=device)
+        after_update.append(panel)
     bar = ProgressLine(config.total_steps)
     click.echo(f"training on {device}: {config.total_steps:,} steps, run {run_dir}", err=True)
     try:
         result = run_training(config, run_dir, device=device, resume=resume, progress=bar.update,
-                              snapshot_seconds=snapshot_seconds, instrument=panel, stop_at_step=stop_at_step)
+                              after_update=after_update, stop_at_step=stop_at_step)
     except (CheckpointError, TrainingError) as error:
         bar.finish()
         raise click.ClickException(str(error)) from None

@@ -14,6 +14,7 @@ import torch
 
 from breakout_ppo.env import MINATAR_ACTIONS, BatchedBreakout
 from breakout_ppo.ppo import sample_actions
+from breakout_ppo.stats import mean_ci
 
 SETTINGS = {
     # The setting targets are set on: MinAtar's sticky actions, a generous step cap.
@@ -39,8 +40,9 @@ class EvalResult:
 
     @property
     def ci95(self) -> float:
-        """Half-width of the normal-approximation 95% confidence interval of the mean."""
-        return 1.96 * self.std / math.sqrt(len(self.returns))
+        """Half-width of the 95% Student-t confidence interval of the mean (0 from one episode)."""
+        half_width = mean_ci(self.returns)[1]
+        return 0.0 if math.isnan(half_width) else half_width
 
     def summary(self) -> dict:
         return {

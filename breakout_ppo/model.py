@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from breakout_ppo.config import Config
 from breakout_ppo.env import GRID, LIVE_FRAME_CELLS, NUM_ACTIONS, NUM_CHANNELS
 
 ARCHITECTURES = ("mlp", "cnn")
@@ -89,7 +90,7 @@ class ActorCritic(nn.Module):
     (the network's costliest product), 2 the whole torso, so that only the heads stay apart.
     """
 
-    def __init__(self, arch: str = "mlp", hidden: int = 64, shared_layers: int = 0):
+    def __init__(self, arch: str = Config.arch, hidden: int = Config.hidden, shared_layers: int = Config.shared_layers):
         super().__init__()
         if shared_layers not in (0, 1, 2):
             raise ValueError(f"shared_layers must be 0, 1 or 2 (the torso has two layers), got {shared_layers!r}")

@@ -4,7 +4,8 @@ The three phases of one update, in the order the paper gives them:
     collect_rollout  -> a `Rollout` of [T, N, ...] tensors (T steps of N envs)
     compute_gae      -> advantages and returns, GAE(lambda) (Schulman et al. 2016)
     ppo_update       -> epochs of minibatch steps on the clipped surrogate + value loss - entropy bonus
-`train.py` runs them in a loop and does the logging and checkpointing.
+`annealed` gives the config of each update (learning rate and entropy coefficient on their
+schedule); `train.py` runs the phases in a loop and does the logging and checkpointing.
 """
 
 from __future__ import annotations
@@ -104,8 +105,9 @@ def collect_rollout(model, env: BatchedBreakout, obs: torch.Tensor, config: Conf
             cut = PackedGames(*(field[where] for field in stacked))
             truncation_values[where] = forward(model, render(unpack(cut)), config)[1]
     last_value = forward(model, obs, config)[1]
-    rollout = Rollout(obs_buf, actions, logprobs, values, rewards, terminated, truncated,
-                      truncation_values, last_value)
+    rollout = Rollout(obs=obs_buf, actions=actions, logprobs=logprobs, values=values, rewards=rewards,
+                      terminated=terminated, truncated=truncated, truncation_values=truncation_values,
+                      last_value=last_value)
     return rollout, obs, EpisodeStats(count, return_sum, length_sum)
 
 
@@ -169,17 +171,27 @@ def ppo_loss(model, obs, actions, old_logprobs, old_values, advantages, returns,
     return loss, metrics
 
 
-def ppo_update(model, optimizer, rollout: Rollout, config: Config, generator, learning_rate=None):
-    """One PPO update: `update_epochs` passes of minibatch Adam steps over the rollout.
+def annealed(config: Config, update: int) -> Config:
+    """The config update `update` (0-based) runs with: with `anneal_lr` / `anneal_ent`, the learning
+    rate / entropy coefficient fall linearly from their value at update 0 towards 0 at
+    `num_updates`. Both reach the update the same way, as fields of the config it is given."""
+    remaining = 1.0 - update / config.num_updates
+    return config.replace(learning_rate=config.learning_rate * (remaining if config.anneal_lr else 1.0),
+                          ent_coef=config.ent_coef * (remaining if config.anneal_ent else 1.0))
+
+
+def ppo_update(model, optimizer, rollout: Rollout, config: Config, generator):
+    """One PPO update: `update_epochs` passes of minibatch Adam steps over the rollout, at
+    `config.learning_rate` with `config.ent_coef` (pass `annealed(config, update)` to schedule them).
 
     This is the step training runs; tests run it too. Returns metrics averaged over minibatches.
     """
-    if learning_rate is not None:
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate
+    for group in optimizer.param_groups:
+        group["lr"] = config.learning_rate
     advantages, returns = compute_gae(rollout, config.gamma, config.gae_lambda)
     flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  [T, N, ...] -> [T*N, ...]
-    obs, actions, old_logprobs, old_values = (flat(x) for x in rollout[:4])
+    obs, actions = flat(rollout.obs), flat(rollout.actions)
+    old_logprobs, old_values = flat(rollout.logprobs), flat(rollout.values)
     advantages, returns = flat(advantages), flat(returns)
 
     sums = {}

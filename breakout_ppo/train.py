@@ -29,7 +29,7 @@ from breakout_ppo.checkpoint import (
 from breakout_ppo.config import Config
 from breakout_ppo.env import BatchedBreakout
 from breakout_ppo.model import ActorCritic
-from breakout_ppo.ppo import collect_rollout, ppo_update
+from breakout_ppo.ppo import annealed, collect_rollout, ppo_update
 from breakout_ppo.preflight import check_entropy_term
 from breakout_ppo.rundir import RunDirectory, RunDirectoryError
 
@@ -84,13 +84,38 @@ class RunWriter:
     def checkpoint(self, name: str, **state) -> Path:
         return save_checkpoint(self.run_dir / name, **state)
 
-    def snapshot(self, name: str, weights: dict, config: Config, global_step: int, elapsed: float) -> Path:
-        """A model-only checkpoint (loadable with `load_agent`) with the time it existed at."""
-        return save_model(self.run_dir / name, weights, config, global_step, elapsed)
-
     def close(self):
         self.tb.flush()
         self.tb.close()
+
+
+class TimedSnapshots:
+    """For time-to-score benchmarks: `snapshot-<t>s.pt` in the run directory holds the last model
+    that existed before `t` seconds after process start (so start-up counts), for each t in
+    `seconds`; a model-only file with the step and time it was made at, loadable with `load_agent`.
+    Pass it to `train(after_update=...)`; if training ends before a deadline, the final model is
+    the last one before it."""
+
+    def __init__(self, run_dir, seconds, config: Config):
+        self.run_dir, self.deadlines, self.config = Path(run_dir), sorted(seconds), config
+        self.process_start = process_start_time()
+        self.previous = None  # (elapsed seconds, global step, weights) at the last update boundary
+
+    def __call__(self, updates_done: int, model, global_step: int) -> None:
+        elapsed = time.time() - self.process_start
+        while self.deadlines and elapsed >= self.deadlines[0]:
+            deadline = self.deadlines.pop(0)
+            if self.previous is not None:  # else no model existed before the deadline
+                self._save(deadline, *self.previous)
+        if self.deadlines and updates_done == self.config.num_updates:
+            for deadline in self.deadlines:
+                self._save(deadline, elapsed, global_step, model.state_dict())
+            self.deadlines = []
+        if self.deadlines:
+            self.previous = (elapsed, global_step, copy.deepcopy(model.state_dict()))
+
+    def _save(self, deadline: float, elapsed: float, global_step: int, weights: dict) -> None:
+        save_model(self.run_dir / f"snapshot-{deadline:g}s.pt", weights, self.config, global_step, elapsed)
 
 
 @dataclass
@@ -142,8 +167,8 @@ class _StopOnSignal:
         return False
 
 
-def train(config: Config, run_dir, device="cpu", resume=None, progress=None, snapshot_seconds=(),
-          instrument=None, stop_at_step=None) -> TrainResult:
+def train(config: Config, run_dir, device="cpu", resume=None, progress=None, after_update=(),
+          stop_at_step=None) -> TrainResult:
     """Train PPO from scratch (or from the checkpoint `resume`) and write the run to `run_dir`.
 
     `run_dir` must be new (missing or empty), except that resuming may continue in the checkpoint's
@@ -151,10 +176,9 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, sna
     write into it. A bad config, checkpoint or directory raises TrainingError before anything is
     written.
     `progress(global_step, sps, recent_return)` is called after each update, for a progress bar.
-    `snapshot_seconds`: for time-to-score benchmarks, save `snapshot-<t>s.pt` holding the last
-    model that existed before `t` seconds after process start.
-    `instrument(updates_done, model, global_step)`, if given, is called after each update (the
-    CLI passes the instrument panel here; training itself never imports `instruments`).
+    `after_update`: callables `(updates_done, model, global_step)` called after each update, before
+    its checkpoint: the CLI passes the instrument panel (training itself never imports
+    `instruments`) and `TimedSnapshots` for time-to-score benchmarks.
     `stop_at_step`: for studies at equal steps, stop (with a checkpoint, as on Ctrl-C) at the first
     update boundary at or past this step; the learning-rate schedule still runs to `total_steps`.
     """
@@ -185,13 +209,12 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, sna
         raise TrainingError(str(error)) from None
     try:
         return _train(config, run.path, torch.device(device), payload=payload, resume=resume, progress=progress,
-                      snapshot_seconds=snapshot_seconds, instrument=instrument, stop_at_step=stop_at_step)
+                      after_update=after_update, stop_at_step=stop_at_step)
     finally:
         run.release()
 
 
-def _train(config, run_dir, device, *, payload, resume, progress, snapshot_seconds, instrument,
-           stop_at_step) -> TrainResult:
+def _train(config, run_dir, device, *, payload, resume, progress, after_update, stop_at_step) -> TrainResult:
     torch.manual_seed(config.seed)
     model = ActorCritic.from_config(config).to(device)
     # One fused kernel per step instead of a handful of ops per parameter: Adam's step took a third
@@ -224,22 +247,16 @@ def _train(config, run_dir, device, *, payload, resume, progress, snapshot_secon
         except CheckpointError as error:
             raise TrainingError(f"{error}; last good checkpoint: {last_checkpoint or 'none saved yet'}") from None
 
-    snapshots = sorted(snapshot_seconds)
     process_start = process_start_time()
-    previous = None  # (elapsed seconds, global step, model weights) at the last update boundary
-
     start = time.perf_counter()
     start_step = global_step
     update = first_update
     try:
         with _StopOnSignal() as stop:
             for update in range(first_update, config.num_updates):
-                remaining = 1.0 - update / config.num_updates
-                lr = config.learning_rate * (remaining if config.anneal_lr else 1.0)
-                ent_coef = config.ent_coef * (remaining if config.anneal_ent else 1.0)
+                scheduled = annealed(config, update)
                 rollout, obs, episodes = collect_rollout(model, env, obs, config, sampler)
-                metrics = ppo_update(model, optimizer, rollout, config.replace(ent_coef=ent_coef), sampler,
-                                     learning_rate=lr)
+                metrics = ppo_update(model, optimizer, rollout, scheduled, sampler)
                 global_step += config.batch_size
 
                 if bool(metrics.pop("non_finite")):
@@ -250,8 +267,8 @@ def _train(config, run_dir, device, *, payload, resume, progress, snapshot_secon
                 sps = (global_step - start_step) / (time.perf_counter() - start)
                 scalars = {f"losses/{k}": float(v) for k, v in metrics.items()}
                 elapsed = time.time() - process_start
-                scalars.update({"charts/learning_rate": lr, "charts/ent_coef": ent_coef, "charts/SPS": sps,
-                                "charts/elapsed_seconds": elapsed})
+                scalars.update({"charts/learning_rate": scheduled.learning_rate, "charts/ent_coef": scheduled.ent_coef,
+                                "charts/SPS": sps, "charts/elapsed_seconds": elapsed})
                 n = float(episodes.count)
                 if n > 0:
                     mean_return = float(episodes.return_sum) / n
@@ -262,28 +279,14 @@ def _train(config, run_dir, device, *, payload, resume, progress, snapshot_secon
                 if progress is not None:
                     progress(global_step, sps, recent_returns[-1] if recent_returns else math.nan)
 
-                while snapshots and elapsed >= snapshots[0]:
-                    deadline = snapshots.pop(0)
-                    if previous is not None:  # else no model existed before the deadline
-                        t, step, weights = previous
-                        writer.snapshot(f"snapshot-{deadline:g}s.pt", weights, config, step, t)
-                if snapshots:
-                    previous = (elapsed, global_step, copy.deepcopy(model.state_dict()))
-
                 done = update + 1
-                if instrument is not None:
-                    instrument(done, model, global_step)
+                for callback in after_update:
+                    callback(done, model, global_step)
                 stop_here = stop.requested or (stop_at_step is not None and global_step >= stop_at_step)
                 if stop_here or done % config.checkpoint_every == 0 or done == config.num_updates:
                     last_checkpoint = save(done)
                 if stop_here:
                     break
-            else:
-                # Training ended before the later deadlines: the final model is the last one
-                # that existed before each of them.
-                elapsed = time.time() - process_start
-                for deadline in snapshots:
-                    writer.snapshot(f"snapshot-{deadline:g}s.pt", model.state_dict(), config, global_step, elapsed)
     finally:
         writer.close()
     return TrainResult(Path(run_dir), global_step, update + 1 - first_update, stop.signal,

@@ -168,3 +168,15 @@ def test_entropy_coefficient_follows_its_schedule(tmp_path, anneal_ent):
     assert logged == pytest.approx(expected, rel=1e-6)
     # The same schedule as the learning rate's, which anneals in both cases.
     assert rates == pytest.approx([5e-3 * r for r in remaining], rel=1e-6)
+
+
+def test_timed_snapshots_hold_the_last_model_before_each_deadline(tmp_path):
+    # No model exists before t = 0 s (the process start): no file. A deadline after the end of
+    # training holds the final model.
+    result = run("train", "--preset", "smoke", "--run-name", "r", "--logdir", tmp_path, "--snapshot-at", "0,100000")
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "r" / "snapshot-0s.pt").exists()
+    snapshot = load_checkpoint(tmp_path / "r" / "snapshot-100000s.pt")
+    final = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    assert snapshot["kind"] == "model" and snapshot["global_step"] == final["global_step"] == 1024
+    assert all(torch.equal(snapshot["model"][k], final["model"][k]) for k in final["model"])

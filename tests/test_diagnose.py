@@ -166,7 +166,7 @@ def test_dead_units_fire_on_a_large_negative_bias(healthy, healthy_rollout):
 
 
 def test_dead_units_of_a_convolution_are_its_channels():
-    model = ActorCritic("cnn", 32)
+    model = ActorCritic("cnn", 32, shared_layers=0)
     with torch.no_grad():
         model.actor.torso[0].bias.fill_(-100.0)
     rollout = play_fresh_rollout(model, HEALTHY, num_envs=16, warmup_steps=0, steps=300)

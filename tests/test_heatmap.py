@@ -222,7 +222,7 @@ def test_compacted_env_plays_on_exactly_as_the_original():
 
 def test_policy_from_model_and_png(tmp_path):
     torch.manual_seed(0)
-    model = ActorCritic("mlp", 16).eval()
+    model = ActorCritic("mlp", 16, shared_layers=0).eval()
     for greedy in (False, True):
         heatmap = failure_heatmap(policy_from_model(model, greedy=greedy), episodes=32, max_episode_steps=200)
         assert heatmap.episodes == 32 and heatmap.losses + heatmap.truncations == 32

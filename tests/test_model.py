@@ -67,7 +67,7 @@ def test_frame_linear_equals_the_plain_layer_on_minatar_frames(frames):
 
 def test_mlp_keeps_the_full_first_layer_and_its_initialisation():
     torch.manual_seed(3)
-    model = ActorCritic("mlp", 64)
+    model = ActorCritic("mlp", 64, shared_layers=0)
     first = model.actor.torso[1]
     assert isinstance(first, FrameLinear) and first.weight.shape == (64, FRAME_CELLS)
     # Orthogonal init over all 400 inputs, as a plain layer would get: rows of norm sqrt(2).
@@ -100,7 +100,7 @@ def test_shared_layers_are_one_module_each_run_once_under_both_names(arch, share
     torch.testing.assert_close(logits, model.actor(x))
     torch.testing.assert_close(value, model.critic(x).squeeze(-1))
     # One set of parameters for what is shared: the optimiser sees each once.
-    separate = ActorCritic(arch, 32)
+    separate = ActorCritic(arch, 32, shared_layers=0)
     shared = sum(p.numel() for p in separate.actor.torso[:depth].parameters())
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in separate.parameters()) - shared
 
@@ -126,4 +126,4 @@ def test_the_shared_layer_learns_from_both_losses():
     assert from_actor.abs().sum() > 0 and from_critic.abs().sum() > 0
     torch.testing.assert_close(both, from_actor + from_critic)
     # One set of first-layer parameters: the optimiser sees each once.
-    assert len(list(model.parameters())) == len(list(ActorCritic("mlp", 32).parameters())) - 2
+    assert len(list(model.parameters())) == len(list(ActorCritic("mlp", 32, shared_layers=0).parameters())) - 2

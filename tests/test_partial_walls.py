@@ -96,7 +96,7 @@ def test_play_from_a_partial_wall_is_minatars_play(random_ball_starts):
 
 def test_training_returns_leave_partial_episodes_out():
     config = preset("smoke", num_envs=32, num_steps=64)
-    model = ActorCritic(config.arch, config.hidden)
+    model = ActorCritic(config.arch, config.hidden, shared_layers=0)
     generator = torch.Generator().manual_seed(0)
     all_partial = BatchedBreakout(32, seed=1, partial_wall_prob=1.0)
     _, _, stats = collect_rollout(model, all_partial, all_partial.reset(), config, generator)

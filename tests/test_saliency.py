@@ -53,7 +53,7 @@ class LinearActorCritic(nn.Module):
 
 def model(arch="mlp", seed=0):
     torch.manual_seed(seed)
-    m = ActorCritic(arch, hidden=32)
+    m = ActorCritic(arch, hidden=32, shared_layers=0)
     # Policy head at gain 1 (not PPO's 0.01) so logits differ by O(1) and comparisons are not all ~0.
     nn.init.orthogonal_(m.actor.head.weight, 1.0)
     # Non-zero biases: with the init's zero biases a ReLU net is positively homogeneous,
@@ -308,7 +308,7 @@ def train_ball_follower(steps=250, seed=0):
     (left / stay / right from the ball's and the paddle's columns) and the ball's height as value.
     Its weights are structured by data, unlike a fresh init, so its maps have something to lose."""
     torch.manual_seed(seed)
-    m = ActorCritic("mlp", hidden=32)
+    m = ActorCritic("mlp", hidden=32, shared_layers=0)
     env = BatchedBreakout(512, seed=seed)
     g = torch.Generator().manual_seed(seed)
     frames = []
@@ -342,7 +342,7 @@ def trained():
 
 def test_layers_from_output_peels_both_towers_together():
     for arch, first in (("mlp", "1"), ("cnn", "0")):
-        assert layers_from_output(ActorCritic(arch, 16), rollout_frames(2)) == [
+        assert layers_from_output(ActorCritic(arch, 16, shared_layers=0), rollout_frames(2)) == [
             ["actor.head", "critic.head"], ["actor.torso.3", "critic.torso.3"],
             [f"actor.torso.{first}", f"critic.torso.{first}"]]
 

@@ -72,7 +72,7 @@ def test_first_game_of_a_given_batch():
 
 def test_probs_and_values_are_the_models():
     torch.manual_seed(0)
-    model = ActorCritic("cnn", hidden=32)
+    model = ActorCritic("cnn", hidden=32, shared_layers=0)
     nn.init.orthogonal_(model.actor.head.weight, 1.0)  # a policy that is not near uniform
     trace = record_episode(model, seed=3, max_steps=500)
     with torch.no_grad():
@@ -86,7 +86,7 @@ def test_probs_and_values_are_the_models():
 def test_saliency_is_the_gradient_of_the_chosen_logit():
     # Greedy without sticky actions: the executed action is the chosen one, the argmax.
     torch.manual_seed(1)
-    model = ActorCritic("mlp", hidden=32)
+    model = ActorCritic("mlp", hidden=32, shared_layers=0)
     nn.init.orthogonal_(model.actor.head.weight, 1.0)
     trace = record_episode(model, seed=4, max_steps=300, greedy=True, sticky_action_prob=0.0)
     np.testing.assert_array_equal(trace.actions, trace.probs.argmax(1))
@@ -110,7 +110,7 @@ def test_saliency_of_a_hand_made_policy_by_hand():
 
 def test_same_seed_same_trace_other_seed_other_trace():
     torch.manual_seed(2)
-    model = ActorCritic("mlp", hidden=32)
+    model = ActorCritic("mlp", hidden=32, shared_layers=0)
     nn.init.orthogonal_(model.actor.head.weight, 1.0)
     a, b = (record_episode(model, seed=11, max_steps=300) for _ in range(2))
     for field in ("frames", "actions", "probs", "values", "rewards", "saliency"):
