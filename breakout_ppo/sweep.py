@@ -648,7 +648,7 @@ def run_trial(trial, name: str, config: Config, run_dir: Path, eval_episodes: in
             heartbeat.step = step
 
         result = train(config, run_dir, device=device, resume=checkpoint if done_step else None, progress=progress,
-                       instrument=prune)
+                       after_update=[prune] if prune is not None else [])
         trial.set_user_attr("steps_trained", result.global_step - done_step)
         if result.interrupted:
             echo(f"{label}: interrupted, checkpoint saved at step {result.global_step:,}")
