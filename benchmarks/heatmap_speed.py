@@ -21,7 +21,8 @@ import torch
 from bench_report import write_json
 from breakout_ppo.config import Config
 from breakout_ppo.model import ActorCritic
-from instruments.measure.heatmap import failure_heatmap, follow_ball_policy, policy_from_model, save_heatmap_png
+from instruments.measure.heatmap import failure_heatmap, policy_from_model, save_heatmap_png
+from instruments.measure.scripted import follow_ball_policy
 
 
 def load_checkpoint_policy(path, greedy, seed):

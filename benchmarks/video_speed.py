@@ -21,13 +21,13 @@ from pathlib import Path
 
 import cv2
 
+from instruments.measure.scripted import synthetic_trace
 from instruments.show.tensorboard_sink import encode_gif
 from instruments.show.video import (
     FRAME_HEIGHT,
     FRAME_WIDTH,
     FrameRenderer,
     iter_frames,
-    synthetic_trace,
     write_contact_sheet,
     write_video,
 )

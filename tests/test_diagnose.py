@@ -36,7 +36,8 @@ from instruments.judge.diagnose import (
     tunnel_vision,
     value_stuck,
 )
-from instruments.measure.heatmap import failure_heatmap, follow_ball_policy, policy_from_model
+from instruments.measure.heatmap import failure_heatmap, policy_from_model
+from instruments.measure.scripted import follow_ball_policy
 
 # 40 updates of 512 games (about 12 s on a loaded core): long enough for the critic to track the
 # return and for the losses to leave the two lanes the start sends the first ball down.

@@ -12,11 +12,10 @@ from breakout_ppo.model import ActorCritic
 from instruments.measure.heatmap import (
     FailureHeatmap,
     failure_heatmap,
-    follow_ball_policy,
     policy_from_model,
-    random_policy,
     save_heatmap_png,
 )
+from instruments.measure.scripted import follow_ball_policy, random_policy
 
 K = 8
 

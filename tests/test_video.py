@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from breakout_ppo.env import CHANNELS, GRID
+from instruments.measure.scripted import synthetic_trace
 from instruments.measure.traces import Trace
 from instruments.show.video import (
     BACKGROUND,
@@ -28,7 +29,6 @@ from instruments.show.video import (
     key_frames,
     render_frame,
     saliency_weights,
-    synthetic_trace,
     write_contact_sheet,
     write_video,
 )

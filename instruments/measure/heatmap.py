@@ -27,17 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from breakout_ppo.env import (
-    GRID,
-    LEFT,
-    NOOP,
-    NUM_ACTIONS,
-    NUM_BRICK_CELLS,
-    PADDLE_ROW,
-    RIGHT,
-    BatchedBreakout,
-    BreakoutState,
-)
+from breakout_ppo.env import GRID, NUM_BRICK_CELLS, PADDLE_ROW, BatchedBreakout, BreakoutState
 from breakout_ppo.evaluate import policy_actions
 
 Policy = Callable[[torch.Tensor], torch.Tensor]
@@ -48,7 +38,7 @@ NUM_POSITIONS = GRID * GRID * GRID  # (ball cell, paddle column) pairs
 
 
 # ---------------------------------------------------------------------------------------------
-# Policies
+# The agent's policy (scripted ones: `measure/scripted.py`)
 
 
 def policy_from_model(model, greedy: bool = False, seed: int = 0) -> Policy:
@@ -60,57 +50,6 @@ def policy_from_model(model, greedy: bool = False, seed: int = 0) -> Policy:
     @torch.inference_mode()
     def policy(obs: torch.Tensor) -> torch.Tensor:
         return policy_actions(model, obs, greedy, generator)
-
-    return policy
-
-
-def random_policy(seed: int = 0) -> Policy:
-    """Uniformly random actions: loses the ball within a few dozen steps."""
-    generator = torch.Generator().manual_seed(seed)
-
-    def policy(obs: torch.Tensor) -> torch.Tensor:
-        return torch.randint(NUM_ACTIONS, (obs.shape[0],), generator=generator).to(obs.device)
-
-    return policy
-
-
-def follow_ball_policy(noise: float = 0.0, seed: int = 0, intercept: bool = True) -> Policy:
-    """Move the paddle towards the ball, read from the frame; with probability `noise` play a
-    uniformly random action instead.
-
-    With `intercept` it aims at the column where a falling ball will reach row 8 (its direction
-    read from the trail, side-wall bounces included) and survives thousands of steps; without, it
-    chases the ball's current column and loses it within a hundred or so.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    columns = torch.arange(GRID)
-
-    def policy(obs: torch.Tensor) -> torch.Tensor:
-        ball = obs[:, 1]
-        ball_column = (ball.amax(dim=1) * columns.to(obs.device)).sum(dim=1).long()
-        target = ball_column
-        if intercept:
-            ball_row = (ball.amax(dim=2) * columns.to(obs.device)).sum(dim=1).long()
-            trail = obs[:, 2]
-            trail_column = (trail.amax(dim=1) * columns.to(obs.device)).sum(dim=1).long()
-            trail_row = (trail.amax(dim=2) * columns.to(obs.device)).sum(dim=1).long()
-            # Steps until the ball reaches row 8: a rising ball is assumed to turn down at once
-            # (off a brick, it stays in its row for that step), which keeps the paddle ahead of it.
-            rising = ball_row < trail_row
-            steps = PADDLE_ROW - 1 - ball_row + rising.long()
-            # Side walls reflect: unfold the column onto a line of period 20 and fold it back.
-            dx = (ball_column - trail_column).sign()
-            # A ball that just hit a side wall stayed in its column: it now moves away from it.
-            dx = torch.where(dx != 0, dx, (ball_column == 0).long() - (ball_column == GRID - 1).long())
-            unfolded = (ball_column + dx * steps) % (2 * GRID)
-            target = torch.where(unfolded < GRID, unfolded, 2 * GRID - 1 - unfolded)
-        paddle_column = obs[:, 0, PADDLE_ROW].argmax(dim=1)
-        action = torch.where(target < paddle_column, LEFT, torch.where(target > paddle_column, RIGHT, NOOP))
-        if noise > 0:
-            u = torch.rand(obs.shape[0], generator=generator).to(obs.device)
-            random = torch.randint(NUM_ACTIONS, (obs.shape[0],), generator=generator).to(obs.device)
-            action = torch.where(u < noise, random, action)
-        return action
 
     return policy
 

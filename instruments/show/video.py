@@ -438,74 +438,10 @@ def write_contact_sheet(trace: Trace, path, columns: int = 6, saliency_scale: st
     return path
 
 
-# ---------------------------------------------------------------------------------------------
-# A trace without a model, for previews, tests and benchmarks
-
-
-def _landing_column(frame: np.ndarray, default: int) -> int:
-    """Where a falling ball will reach the paddle row if no brick is in its way (walls reflect
-    it); the ball's own column while it is not falling."""
-    ball, trail = np.argwhere(frame[1] > 0.5), np.argwhere(frame[2] > 0.5)
-    if not len(ball) or not len(trail):
-        return default
-    (y, x), (last_y, last_x) = ball[0], trail[0]
-    if y <= last_y or x == last_x:
-        return int(x)
-    x = (x + int(np.sign(x - last_x)) * (GRID - 1 - y)) % (2 * GRID)  # a wall holds the ball 2 steps
-    return int(x if x < GRID else 2 * GRID - 1 - x)
-
-
-def synthetic_trace(max_steps: int = 300, seed: int = 0, skill: float = 0.98) -> Trace:
-    """One episode of the real game played by a noisy ball-follower, with made-up probabilities,
-    values and saliency (a blob on the ball and the paddle). `skill` is the chance of moving
-    towards the ball; the rest are random actions. Ends at the loss or after `max_steps`."""
-    import torch
-
-    from breakout_ppo.env import BatchedBreakout
-
-    rng = np.random.default_rng(seed)
-    env = BatchedBreakout(1, sticky_action_prob=0.0, seed=seed)
-    obs = env.reset()
-    frames, actions, rewards = [], [], []
-    for _ in range(max_steps):
-        frame = obs[0].numpy().copy()
-        paddle_x = int(np.argwhere(frame[0, GRID - 1] > 0.5)[0, 0])
-        target = _landing_column(frame, paddle_x)
-        if rng.random() < skill:
-            action = 0 if target == paddle_x else (1 if target < paddle_x else 2)
-        else:
-            action = int(rng.integers(3))
-        obs, reward, _, _, info = env.step(torch.tensor([action]))
-        frames.append(frame)
-        actions.append(action)
-        rewards.append(float(reward[0]))
-        if bool(info.done[0]):
-            break
-    n = len(actions)
-    actions = np.array(actions, dtype=np.int64)
-    logits = rng.normal(0.0, 0.6, (n, 3)) + 2.0 * np.eye(3)[actions]
-    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    rewards = np.array(rewards, dtype=np.float32)
-    discounted = np.zeros(n, dtype=np.float32)  # the critic's target, roughly: discounted return to go
-    running = 0.0
-    for t in range(n - 1, -1, -1):
-        running = rewards[t] + 0.97 * running
-        discounted[t] = running
-    values = discounted + rng.normal(0.0, 0.15, n).astype(np.float32)
-    frames = np.stack(frames).astype(np.float32)
-    yy, xx = np.mgrid[:GRID, :GRID]
-    saliency = np.zeros((n, GRID, GRID), dtype=np.float32)
-    for t in range(n):
-        for channel, weight in ((1, 1.0), (0, 0.5)):
-            cells = np.argwhere(frames[t, channel] > 0.5)
-            for y, x in cells:
-                saliency[t] += weight * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 3.0)
-    saliency += rng.random((n, GRID, GRID)).astype(np.float32) * 0.1
-    return Trace(frames, actions, probs.astype(np.float32), values, rewards, saliency)
-
-
 if __name__ == "__main__":
     import argparse
+
+    from instruments.measure.scripted import synthetic_trace
 
     parser = argparse.ArgumentParser(description="Preview: video, one frame and a contact sheet of a synthetic trace.")
     parser.add_argument("out_dir", type=Path)
