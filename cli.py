@@ -270,8 +270,9 @@ def evaluate(checkpoint, episodes, backend, setting, seed, json_path, device):
         click.echo(f"{policy:8} {s['mean']:8.2f} {s['std']:8.2f} {ci:>16} {s['min']:6.0f} {s['max']:6.0f} "
                    f"{s['mean_length']:8.0f} {s['truncated']:6d}")
     if json_path:
-        json_path.write_text(json.dumps({"checkpoint": str(checkpoint), "backend": backend, "setting": setting,
-                                         "seed": seed, **results}, indent=2) + "\n")
+        with one_line_errors():
+            json_path.write_text(json.dumps({"checkpoint": str(checkpoint), "backend": backend, "setting": setting,
+                                             "seed": seed, **results}, indent=2) + "\n")
 
 
 @cli.command()

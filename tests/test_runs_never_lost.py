@@ -323,3 +323,9 @@ def test_report_warns_about_truncated_or_garbage_event_files(tmp_path):
     assert len(warnings) == 2, result.output
     assert "truncated" in warnings[0] and "not an event file" in warnings[1]
     assert "damaged event file" in (tmp_path / "r" / "report.html").read_text()
+
+
+def test_evaluate_into_an_unwritable_json_path_is_one_line(tmp_path):
+    checkpoint = smoke_run(tmp_path, "r")
+    result = run("evaluate", checkpoint, "--episodes", 4, "--json", tmp_path / "missing" / "e.json")
+    assert_one_line_error(result, "No such file or directory", "e.json")
