@@ -16,6 +16,7 @@ import numpy as np
 from breakout_ppo.checkpoint import load_agent
 from breakout_ppo.evaluate import SETTINGS, evaluate
 from instruments.inspection import inspect_agent
+from instruments.inspection_dir import HEATMAP_PNG, SALIENCY_PNG
 from instruments.judge.compare import (
     Comparison,
     comparison_record,
@@ -82,9 +83,7 @@ def log_to_tensorboard(c: Comparison) -> None:
         sink.scalar("compare/significant", float(c.returns.significant), 0)
         figure = cv2.cvtColor(cv2.imread(str(c.files["figure"])), cv2.COLOR_BGR2RGB)
         sink.image("compare/differences", figure, 0)
-        sink.image("compare/failure_heatmaps", side_by_side(c.a.inspect_dir / "failure_heatmap.png",
-                                                            c.b.inspect_dir / "failure_heatmap.png"), 0)
-        sink.image("compare/saliency", side_by_side(c.a.inspect_dir / "saliency_mean.png",
-                                                    c.b.inspect_dir / "saliency_mean.png"), 0)
+        sink.image("compare/failure_heatmaps", side_by_side(c.a.inspect_dir / HEATMAP_PNG, c.b.inspect_dir / HEATMAP_PNG), 0)
+        sink.image("compare/saliency", side_by_side(c.a.inspect_dir / SALIENCY_PNG, c.b.inspect_dir / SALIENCY_PNG), 0)
         sink.text("compare/summary", "\n".join(f"- {line}" for line in c.differences)
                   + "\n\n```\n" + "\n".join(summary_lines(c)) + "\n```", 0)

@@ -22,6 +22,18 @@ from breakout_ppo.checkpoint import load_agent, load_checkpoint
 from breakout_ppo.env import ACTION_NAMES
 from breakout_ppo.evaluate import EvalResult
 from breakout_ppo.preflight import check_entropy_term
+from instruments.inspection_dir import (
+    CONTACT_SHEET_PNG,
+    DIAGNOSIS_JSON,
+    HEATMAP_PNG,
+    ROLLOUT_MP4,
+    SALIENCY_NPZ,
+    SALIENCY_PNG,
+    SUMMARY_JSON,
+    TRACE_CSV,
+    TRACE_JSON,
+    TRACES_PNG,
+)
 from instruments.judge.diagnose import Diagnosis, diagnose
 from instruments.measure.heatmap import failure_heatmap, policy_from_model, save_heatmap_png
 from instruments.measure.saliency import gradient_saliency, reduce_channels
@@ -45,7 +57,7 @@ class Inspection:
 
 def write_trace_files(trace: Trace, out_dir: Path) -> tuple[Path, Path]:
     """The per-step record as CSV (one row a step) and JSON (with the saliency maps)."""
-    csv_path, json_path = out_dir / "trace.csv", out_dir / "trace.json"
+    csv_path, json_path = out_dir / TRACE_CSV, out_dir / TRACE_JSON
     returns = trace.returns_so_far
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -77,31 +89,31 @@ def inspect_agent(checkpoint, out_dir, episodes: int = 1000, device="cpu", seed:
     # 1. One episode, step by step.
     trace = record_episode(model, seed=seed, max_steps=max_video_steps, saliency=True,
                            sticky_action_prob=config.sticky_action_prob, device=device)
-    files["video"] = write_video(trace, out_dir / "rollout.mp4")
-    files["contact_sheet"] = write_contact_sheet(trace, out_dir / "contact_sheet.png")
+    files["video"] = write_video(trace, out_dir / ROLLOUT_MP4)
+    files["contact_sheet"] = write_contact_sheet(trace, out_dir / CONTACT_SHEET_PNG)
     files["trace_csv"], files["trace_json"] = write_trace_files(trace, out_dir)
-    files["traces_plot"] = plot_traces(trace, out_dir / "traces.png")
+    files["traces_plot"] = plot_traces(trace, out_dir / TRACES_PNG)
 
     # 2. Saliency: per frame (already in the trace) and averaged, for the action and the value.
     frames = torch.from_numpy(trace.frames).to(device)
     action_maps = trace.saliency
     value_maps = reduce_channels(gradient_saliency(model, frames, target="value")).cpu().numpy()
-    np.savez_compressed(out_dir / "saliency.npz", action=action_maps, value=value_maps)
-    files["saliency"] = out_dir / "saliency.npz"
+    np.savez_compressed(out_dir / SALIENCY_NPZ, action=action_maps, value=value_maps)
+    files["saliency"] = out_dir / SALIENCY_NPZ
     files["saliency_plot"] = plot_mean_saliency(action_maps.mean(axis=0), value_maps.mean(axis=0), len(trace),
-                                                out_dir / "saliency_mean.png")
+                                                out_dir / SALIENCY_PNG)
 
     # 3. Failure heatmap over many episodes, one per env slot.
     heatmap = failure_heatmap(policy_from_model(model, seed=seed), episodes=episodes,
                               sticky_action_prob=config.sticky_action_prob, seed=seed, device=device)
-    files["heatmap"] = save_heatmap_png(heatmap, out_dir / "failure_heatmap.png")
+    files["heatmap"] = save_heatmap_png(heatmap, out_dir / HEATMAP_PNG)
     # The checkpoint cannot show a dead entropy term; probing the update code that made it can.
     entropy_check = check_entropy_term(config)
 
     # 4. The diagnosis, from a fresh rollout of the agent, the heatmap and the preflight's probe.
     diagnosis = diagnose(model, config, heatmap, seed=seed, device=device, entropy_check=entropy_check)
-    (out_dir / "diagnosis.json").write_text(json.dumps(diagnosis.to_dict(), indent=2) + "\n")
-    files["diagnosis"] = out_dir / "diagnosis.json"
+    (out_dir / DIAGNOSIS_JSON).write_text(json.dumps(diagnosis.to_dict(), indent=2) + "\n")
+    files["diagnosis"] = out_dir / DIAGNOSIS_JSON
     summary = {
         "checkpoint": str(checkpoint),
         "entropy_term": {"passed": entropy_check.passed, "finding": str(entropy_check)},
@@ -113,8 +125,8 @@ def inspect_agent(checkpoint, out_dir, episodes: int = 1000, device="cpu", seed:
         "config": config.to_dict(),
         "files": {k: str(v) for k, v in files.items()},
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    files["summary"] = out_dir / "summary.json"
+    (out_dir / SUMMARY_JSON).write_text(json.dumps(summary, indent=2) + "\n")
+    files["summary"] = out_dir / SUMMARY_JSON
 
     # 5. The same into TensorBoard, beside the run's training curves.
     if tensorboard_dir is not None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from breakout_ppo.evaluate import EvalResult
 from breakout_ppo.stats import Welch, welch
-from instruments.inspection_dir import read_inspection
+from instruments.inspection_dir import SALIENCY_NPZ, read_inspection
 from instruments.judge.diagnose import MIN_LOSSES, Diagnosis, Finding, format_number
 
 SIGNIFICANT_MARK = "* significant: Welch's 95% t interval on the difference excludes 0"
@@ -93,7 +93,7 @@ class Agent:
 def load_side(label: str, checkpoint: Path, inspect_dir: Path, evaluation: EvalResult) -> Agent:
     """An `Agent` from an inspect directory and an evaluation."""
     summary, diagnosis = read_inspection(inspect_dir)
-    with np.load(inspect_dir / "saliency.npz") as saliency:
+    with np.load(inspect_dir / SALIENCY_NPZ) as saliency:
         action_saliency = np.abs(saliency["action"]).mean(axis=0)
     return Agent(label, Path(checkpoint), Path(inspect_dir), int(summary.get("global_step", 0)),
                  summary.get("config", {}), evaluation, summary,

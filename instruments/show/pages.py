@@ -23,7 +23,19 @@ from pathlib import Path
 import numpy as np
 
 from breakout_ppo.events import EVENT_FILE_GLOB, damaged_event_files, read_scalars
-from instruments.inspection_dir import ReportError, read_inspection, read_json
+from instruments.inspection_dir import (
+    CONTACT_SHEET_PNG,
+    HEATMAP_PNG,
+    INSPECT_DIR_NAME,
+    ROLLOUT_MP4,
+    SALIENCY_PNG,
+    SUMMARY_JSON,
+    TRACE_CSV,
+    TRACES_PNG,
+    ReportError,
+    read_inspection,
+    read_json,
+)
 from instruments.judge.compare import SIGNIFICANT_MARK, Comparison, diagnosis_rows, evaluation_rows, paired_findings
 from instruments.judge.diagnose import Diagnosis, format_number
 from instruments.show.html_kit import Section, esc, image, matplotlib_png, page, png_figure, table, video
@@ -134,20 +146,20 @@ def inspection_sections(out_dir) -> list[Section]:
     return [
         diagnosis_section(diagnosis),
         Section("video", "The agent playing", video(
-            out_dir / "rollout.mp4",
+            out_dir / ROLLOUT_MP4,
             f"One sampled episode (return {format_number(episode.get('return'))}, "
             f"{format_number(episode.get('length'))} steps, 10 steps a second): the frame it acted on with the "
             "saliency of its chosen action in blue, its action probabilities and its value estimate.")
-            + image(out_dir / "contact_sheet.png", "Key frames of the same episode.")),
+            + image(out_dir / CONTACT_SHEET_PNG, "Key frames of the same episode.")),
         Section("failures", "Where it loses the ball", image(
-            out_dir / "failure_heatmap.png",
+            out_dir / HEATMAP_PNG,
             f"Over {format_number(summary.get('heatmap', {}).get('episodes'))} episodes: where the ball and the "
             "paddle were in the frames before each lost ball, and when the losses happened.")),
         Section("saliency", "Where it looks", image(
-            out_dir / "saliency_mean.png", "Gradient saliency averaged over the replayed episode.")),
+            out_dir / SALIENCY_PNG, "Gradient saliency averaged over the replayed episode.")),
         Section("traces", "What it expects", image(
-            out_dir / "traces.png", "Value estimate and action probabilities step by step (trace.csv holds "
-                                    "the numbers).")),
+            out_dir / TRACES_PNG, f"Value estimate and action probabilities step by step ({TRACE_CSV} holds "
+                                  "the numbers).")),
         evaluation_section(summary),
         config_section(config),
     ]
@@ -276,10 +288,10 @@ def write_run_report(run_dir, path=None) -> Path:
                                             f'was logged after it</span>'))
     config = read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else None
 
-    inspect_dir = run_dir / "inspect"
+    inspect_dir = run_dir / INSPECT_DIR_NAME
     sections = []
     subtitle = [f"training run <code>{esc(run_dir)}</code>"]
-    if (inspect_dir / "summary.json").is_file():
+    if (inspect_dir / SUMMARY_JSON).is_file():
         summary, diagnosis = read_inspection(inspect_dir)
         inspection = inspection_sections(inspect_dir)
         subtitle += inspection_subtitle(summary, diagnosis)
@@ -348,9 +360,9 @@ def write_compare_report(c: Comparison) -> Path:
         Section("differences", "Differences that matter", f'<ul class="callouts">{sentences}</ul>'),
         Section("returns", "Returns", returns_body),
         Section("diagnosis", "Diagnosis", diagnosis_body),
-        Section("failures", "Where they lose the ball", _pair_of(image, c, "failure_heatmap.png")),
-        Section("saliency", "Where they look", _pair_of(image, c, "saliency_mean.png")),
-        Section("play", "The agents playing", _pair_of(video, c, "rollout.mp4")),
+        Section("failures", "Where they lose the ball", _pair_of(image, c, HEATMAP_PNG)),
+        Section("saliency", "Where they look", _pair_of(image, c, SALIENCY_PNG)),
+        Section("play", "The agents playing", _pair_of(video, c, ROLLOUT_MP4)),
         Section("config", "Config", config_body),
     ]
     subtitle = [f"A <code>{esc(c.a.checkpoint)}</code> (step {c.a.global_step:,}) &middot; "
