@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 from bench_report import write_json
+from breakout_ppo.events import EPISODIC_RETURN, read_scalars
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -86,11 +87,7 @@ def run_all(jobs, logdir: Path, stop_at: int, workers: int):
 
 def returns_at(run_dir: Path, marks, window: float):
     """Mean training return over the updates within `window` steps of each mark (None if none)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    points = [(e.step, e.value) for e in events.Scalars("charts/episodic_return")]
+    points = [(int(step), float(value)) for step, value in zip(*read_scalars(run_dir)[EPISODIC_RETURN])]
     out = []
     for mark in marks:
         near = [value for step, value in points if abs(step - mark) <= window]

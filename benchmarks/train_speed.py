@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 from bench_report import write_json
 from breakout_ppo.checkpoint import load_agent, load_checkpoint
 from breakout_ppo.evaluate import evaluate
+from breakout_ppo.events import ELAPSED_SECONDS, EPISODIC_RETURN, read_scalars
 
 
 def train_with_snapshots(seed, snapshots, logdir, extra_args):
@@ -83,13 +84,10 @@ def time_to_targets(rows, targets):
 
 def training_curve(run_dir):
     """(elapsed seconds, training episodic return) from a run's TensorBoard events."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run_dir))
-    events.Reload()
-    elapsed = {e.step: e.value for e in events.Scalars("charts/elapsed_seconds")}
-    points = [(elapsed[e.step], e.value) for e in events.Scalars("charts/episodic_return") if e.step in elapsed]
-    return [p[0] for p in points], [p[1] for p in points]
+    scalars = read_scalars(run_dir)
+    elapsed = dict(zip(*scalars[ELAPSED_SECONDS]))
+    points = [(elapsed[step], value) for step, value in zip(*scalars[EPISODIC_RETURN]) if step in elapsed]
+    return [float(p[0]) for p in points], [float(p[1]) for p in points]
 
 
 def plot_curves(logdir, seeds, rows, targets, path):

@@ -16,6 +16,18 @@ import numpy as np
 
 EVENT_FILE_GLOB = "events.out.tfevents.*"
 
+# The tags a training run logs, named once: train.py writes them; reports, sweeps and benchmarks
+# read them back. Losses are `losses/<name>` for each metric `ppo_update` returns.
+EPISODIC_RETURN = "charts/episodic_return"
+EPISODIC_LENGTH = "charts/episodic_length"
+LEARNING_RATE = "charts/learning_rate"
+ENT_COEF = "charts/ent_coef"
+SPS = "charts/SPS"
+ELAPSED_SECONDS = "charts/elapsed_seconds"
+ENTROPY = "losses/entropy"
+EVAL_MEAN_RETURN = "eval/mean_return"
+"""A sweep's final evaluation of a run (sampled policy, MinAtar's game)."""
+
 
 def read_scalars(run_dir) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every scalar tag of a run's TensorBoard events as (steps, values), in step order.
