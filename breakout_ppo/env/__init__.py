@@ -12,19 +12,12 @@ Every game in the batch steps at once, on CPU or GPU, with exactly the dynamics 
   episode counters, observations kept up to date in place, optional partial-wall starts), and
   its `StepInfo`.
 
-Everything public is re-exported here, so `from breakout_ppo.env import X` is the way in.
+Every name used outside the package is re-exported here, so `from breakout_ppo.env import X` is the
+way in.
 """
 
 from breakout_ppo.env.batched import EPISODE_COUNTERS, BatchedBreakout, StepInfo
 from breakout_ppo.env.packed import (
-    ACTION,
-    BALL,
-    DIRECTION,
-    GAME_BITS,
-    PADDLE,
-    STRIKE,
-    TRAIL,
-    Field,
     PackedGames,
     PackedStep,
     events_of,
@@ -68,9 +61,8 @@ __all__ = [
     "MINATAR_ACTIONS", "NOOP", "NUM_ACTIONS", "NUM_BRICK_CELLS", "NUM_BRICK_ROWS", "NUM_CHANNELS",
     "PADDLE_ROW", "RIGHT", "START_PADDLE_X", "START_ROW", "BreakoutState", "RuleOutcome", "StepEvents",
     "bricks_to_grid", "grid_to_bricks", "initial_state", "minatar_rule", "rows_to_bricks",
-    # packed.py
-    "ACTION", "BALL", "DIRECTION", "GAME_BITS", "PADDLE", "STRIKE", "TRAIL", "Field", "PackedGames",
-    "PackedStep", "events_of", "pack", "render", "step_game", "step_packed", "unpack",
+    # packed.py (the layout of the game word, `Field` and its table, stays inside it)
+    "PackedGames", "PackedStep", "events_of", "pack", "render", "step_game", "step_packed", "unpack",
     # batched.py
     "EPISODE_COUNTERS", "BatchedBreakout", "StepInfo",
 ]
