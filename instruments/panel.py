@@ -14,10 +14,10 @@ import torch
 
 from instruments.measure.heatmap import failure_heatmap, policy_from_model, save_heatmap_png
 from instruments.measure.hooks import Taps, layer_names
-from instruments.inspection import plot_mean_saliency
 from instruments.measure.saliency import gradient_saliency, reduce_channels
-from instruments.show.tensorboard_sink import TensorBoardSink
 from instruments.measure.traces import record_episode
+from instruments.show.figures import plot_mean_saliency
+from instruments.show.tensorboard_sink import TensorBoardSink
 from instruments.show.video import iter_frames
 
 
