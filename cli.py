@@ -371,7 +371,8 @@ def sweep(name, preset_name, logdir, storage, seed_count, workers, eval_episodes
     """
     from breakout_ppo.sweep import (OLD_PLAN_FILE, SweepError, SweepInterrupted, SweepPlan, default_storage,
                                     describe_storage_state, open_storage, open_study, parse_search,
-                                    requeue_lost_trials, run_states, safe_url, start_workers, wait_for_workers, work)
+                                    requeue_lost_trials, run_states, safe_url, sigterm_stops, start_workers,
+                                    wait_for_workers, work)
     from breakout_ppo.sweep_report import write_report
 
     values = {k: tuple(None if x == NO_LIMIT else x for x in v) for k, v in values.items() if v is not None}
@@ -395,39 +396,40 @@ def sweep(name, preset_name, logdir, storage, seed_count, workers, eval_episodes
     storage_url = storage or default_storage(sweep_dir)
     device = str(resolve_device(device))
     try:
-        if (sweep_dir / OLD_PLAN_FILE).exists():
-            raise SweepError(f"{sweep_dir} holds a sweep of the old process pool ({OLD_PLAN_FILE}); move it away "
-                             "or choose another --name")
-        if dry_run:
-            states = describe_storage_state(storage_url, name, plan)
-            for run_name, state in states.items():
-                click.echo(f"{state:9} {sweep_dir / run_name}")
-            if not states:
-                click.echo(f"no trial yet: a search proposes its {plan.trials} trials as it runs")
-            return
-        study_storage = open_storage(storage_url, heartbeat, max_retries)
-        study = open_study(study_storage, name, plan, sampler_seed)
-        requeue_lost_trials(study, plan, max_retries)
-        steps = plan.config_for({}, plan.seeds[0]).total_steps
-        if search:
-            what = (f"search of {plan.trials} trials of {steps:,} steps on seed {plan.seeds[0]}, the best "
-                    f"{plan.confirm} again on seeds {', '.join(map(str, plan.seeds[1:]))}")
-        else:
-            what = f"{len(plan.runs())} runs of {steps:,} steps"
-        click.echo(f"sweep {name} on {safe_url(storage_url)}: {what}, {workers} worker(s) here on {device}")
-        if workers == 1:
-            work(study, study_storage, plan, sweep_dir, device, max_retries, echo=click.echo)
-        elif search or any(state in ("waiting", "running") for state in run_states(study, plan).values()):
-            codes = wait_for_workers(start_workers(workers, storage_url, name, sweep_dir, device, heartbeat,
-                                                   max_retries, sampler_seed))
-            if any(codes):
-                click.echo(f"{sum(map(bool, codes))} of {workers} workers stopped with an error (their last line "
-                           "above says why)", err=True)
+        with sigterm_stops():
+            if (sweep_dir / OLD_PLAN_FILE).exists():
+                raise SweepError(f"{sweep_dir} holds a sweep of the old process pool ({OLD_PLAN_FILE}); move it away "
+                                 "or choose another --name")
+            if dry_run:
+                states = describe_storage_state(storage_url, name, plan)
+                for run_name, state in states.items():
+                    click.echo(f"{state:9} {sweep_dir / run_name}")
+                if not states:
+                    click.echo(f"no trial yet: a search proposes its {plan.trials} trials as it runs")
+                return
+            study_storage = open_storage(storage_url, heartbeat, max_retries)
+            study = open_study(study_storage, name, plan, sampler_seed)
+            requeue_lost_trials(study, plan, max_retries)
+            steps = plan.config_for({}, plan.seeds[0]).total_steps
+            if search:
+                what = (f"search of {plan.trials} trials of {steps:,} steps on seed {plan.seeds[0]}, the best "
+                        f"{plan.confirm} again on seeds {', '.join(map(str, plan.seeds[1:]))}")
+            else:
+                what = f"{len(plan.runs())} runs of {steps:,} steps"
+            click.echo(f"sweep {name} on {safe_url(storage_url)}: {what}, {workers} worker(s) here on {device}")
+            if workers == 1:
+                work(study, study_storage, plan, sweep_dir, device, max_retries, echo=click.echo)
+            elif search or any(state in ("waiting", "running") for state in run_states(study, plan).values()):
+                codes = wait_for_workers(start_workers(workers, storage_url, name, sweep_dir, device, heartbeat,
+                                                       max_retries, sampler_seed))
+                if any(codes):
+                    click.echo(f"{sum(map(bool, codes))} of {workers} workers stopped with an error (their last line "
+                               "above says why)", err=True)
     except SweepError as error:
         raise click.ClickException(str(error)) from None
     except (SweepInterrupted, KeyboardInterrupt) as stopped:
         click.echo(f"interrupted: {stopped or 'stopped'}; run the same command again to resume", err=True)
-        sys.exit(130)
+        sys.exit(128 + getattr(stopped, "signum", signal.SIGINT))
     report = write_report(study, sweep_dir / "report")
     click.echo(f"{report.headline}\nreport: {report.markdown}")
     if report.failed:

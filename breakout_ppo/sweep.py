@@ -23,6 +23,7 @@ could otherwise both do. PostgreSQL locks the row (SELECT ... FOR UPDATE).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -61,7 +62,35 @@ class SweepError(Exception):
 
 
 class SweepInterrupted(Exception):
-    """Ctrl-C: the workers were stopped, their checkpoints stand and their trials are queued again."""
+    """Ctrl-C or SIGTERM: the workers were stopped, their checkpoints stand and their trials are
+    queued again. `signum`: which of the two (the command exits with 128 + it, as training does)."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = signum
+
+
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM, raised where the sweep itself must stop (training handles both itself,
+    finishing its update and saving)."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def sigterm_stops():
+    """SIGTERM, what schedulers and containers send, stops the sweep as Ctrl-C does."""
+
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass(frozen=True)
@@ -582,8 +611,11 @@ def work(study, storage, plan: SweepPlan, sweep_dir, device: str = "cpu", max_re
             with Heartbeat(storage, trial, trial_id, storage.get_heartbeat_interval()) as heartbeat:
                 summary = run_trial(trial, name, config, sweep_dir / name, plan.eval_episodes, device, heartbeat,
                                     echo, prune)
-        except KeyboardInterrupt:
-            summary = None
+        except KeyboardInterrupt as stop:  # the checkpoint stands; the next run of the command resumes it
+            trial.set_user_attr("stopped", "interrupted")
+            put_back(study, study.tell(trial, state=TrialState.FAIL), "interrupted", max_retries, counts=False)
+            raise SweepInterrupted(f"trial {trial.number} ({name}) stopped with its checkpoint and queued again",
+                                   getattr(stop, "signum", signal.SIGINT)) from None
         except optuna.TrialPruned as pruned:
             study.tell(trial, state=TrialState.PRUNED)
             echo(f"pruned trial {trial.number} {name}: {pruned}")
@@ -597,10 +629,6 @@ def work(study, storage, plan: SweepPlan, sweep_dir, device: str = "cpu", max_re
             echo(f"FAILED trial {trial.number} {name}: {why}" +
                  ("; queued again" if retried else f"; given up after {1 + max_retries} attempts"))
             continue
-        if summary is None:  # Ctrl-C: the checkpoint stands; the next run of the command resumes it
-            trial.set_user_attr("stopped", "interrupted")
-            put_back(study, study.tell(trial, state=TrialState.FAIL), "interrupted", max_retries, counts=False)
-            raise SweepInterrupted(f"trial {trial.number} ({name}) stopped with its checkpoint and queued again")
         study.tell(trial, summary["mean"])
         outcome.finished.append(name)
         echo(f"done trial {trial.number} {name}: return {summary['mean']:.2f} ± {summary['ci95']:.2f}")
@@ -621,9 +649,9 @@ def suggest(trial, plan: SweepPlan) -> None:
 
 
 def run_trial(trial, name: str, config: Config, run_dir: Path, eval_episodes: int, device: str, heartbeat, echo,
-              prune=None) -> dict | None:
+              prune=None) -> dict:
     """Train (or resume) the trial's run, evaluate its final model and store the results in the
-    trial. Returns the evaluation summary, or None if training was interrupted. `prune`: called
+    trial. Returns the evaluation summary; raises Stopped if training was. `prune`: called
     after every update with the model (see PruneCheck); raises optuna.TrialPruned to stop."""
     from breakout_ppo.checkpoint import load_agent, load_checkpoint
     from breakout_ppo.evaluate import SETTINGS, evaluate
@@ -652,7 +680,7 @@ def run_trial(trial, name: str, config: Config, run_dir: Path, eval_episodes: in
         trial.set_user_attr("steps_trained", result.global_step - done_step)
         if result.interrupted:
             echo(f"{label}: interrupted, checkpoint saved at step {result.global_step:,}")
-            return None
+            raise Stopped(getattr(result, "stop_signal", None) or signal.SIGINT)
     else:
         trial.set_user_attr("steps_trained", 0)
 
@@ -816,14 +844,15 @@ def start_workers(count: int, storage_url: str, study_name: str, sweep_dir: Path
 
 
 def wait_for_workers(processes: list) -> list:
-    """Exit codes of the workers. Ctrl-C passes one SIGINT to each (it finishes its update, saves,
-    puts its trial back) and raises SweepInterrupted; a second Ctrl-C passes a second."""
+    """Exit codes of the workers. Ctrl-C or SIGTERM passes the same signal once to each (it
+    finishes its update, saves, puts its trial back) and raises SweepInterrupted; a second passes
+    a second, which stops them at once (the last periodic checkpoint stands)."""
     try:
         return [process.wait() for process in processes]
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt as stop:
+        signum = getattr(stop, "signum", signal.SIGINT)
     for process in processes:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
     while True:
         try:
             codes = [process.wait() for process in processes]
@@ -831,13 +860,14 @@ def wait_for_workers(processes: list) -> list:
         except KeyboardInterrupt:
             for process in processes:
                 if process.poll() is None:
-                    process.send_signal(signal.SIGINT)
-    raise SweepInterrupted(f"stopped {sum(code == 130 for code in codes)} worker(s); their checkpoints stand "
-                           "and their trials are queued again")
+                    process.send_signal(signum)
+    raise SweepInterrupted(f"stopped {sum(code == 128 + signum for code in codes)} worker(s); their checkpoints "
+                           "stand and their trials are queued again", signum)
 
 
 def main(argv=None) -> int:
-    """A worker process of `cli.py sweep --workers K`; the storage URL comes from the environment."""
+    """A worker process of `cli.py sweep --workers K`; the storage URL comes from the environment.
+    Exits 0 when no trial is left, 128 + the signal when stopped by Ctrl-C or SIGTERM, 1 on an error."""
     import argparse
 
     import optuna
@@ -856,17 +886,15 @@ def main(argv=None) -> int:
         print(f"[{args.label}] {line}" if args.label else line, flush=True)
 
     try:
-        storage = open_storage(os.environ[STORAGE_ENV], args.heartbeat, args.max_retries)
-        plan = SweepPlan.from_dict(optuna.load_study(storage=storage, study_name=args.study).user_attrs["sweep"])
-        study = optuna.load_study(storage=storage, study_name=args.study, pruner=make_pruner(plan),
-                                  sampler=make_sampler(plan, args.sampler_seed))
-        work(study, storage, plan, args.sweep_dir, args.device, args.max_retries, echo)
-    except SweepInterrupted as stopped:
+        with sigterm_stops():
+            storage = open_storage(os.environ[STORAGE_ENV], args.heartbeat, args.max_retries)
+            plan = SweepPlan.from_dict(optuna.load_study(storage=storage, study_name=args.study).user_attrs["sweep"])
+            study = optuna.load_study(storage=storage, study_name=args.study, pruner=make_pruner(plan),
+                                      sampler=make_sampler(plan, args.sampler_seed))
+            work(study, storage, plan, args.sweep_dir, args.device, args.max_retries, echo)
+    except (SweepInterrupted, KeyboardInterrupt) as stopped:
         echo(f"interrupted: {stopped}")
-        return 130
-    except KeyboardInterrupt:
-        echo("interrupted")
-        return 130
+        return 128 + getattr(stopped, "signum", signal.SIGINT)
     except (SweepError, KeyError, ValueError) as error:
         echo(f"error: {error}")
         return 1

@@ -154,3 +154,35 @@ def test_a_killed_command_takes_its_worker_processes_with_it(tmp_path):
         wait_for(lambda: all(is_gone(pid) for pid in workers), timeout=10, what="the workers to die")
     finally:
         sweep.kill()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_worker_with_its_checkpoint_and_queues_its_trial_again(tmp_path):
+    storage = default_storage(tmp_path / "s")
+    command = sweep_command(tmp_path, storage, "--ent-coef", "0,0.1", "--seeds", "1", "--steps", "100000000",
+                            "--checkpoint-every", "1", "--workers", "2")
+    sweep = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        study = load_study_when_created(open_storage(storage), command[command.index("--name") + 1])
+
+        def both_have_checkpoints():
+            trials = [t for t in running_trials(study) if "run_dir" in t.user_attrs]
+            return len(trials) == 2 and all((Path(t.user_attrs["run_dir"]) / "checkpoint.pt").exists() for t in trials)
+
+        wait_for(both_have_checkpoints, what="both workers' first checkpoints")
+        sweep.send_signal(signal.SIGTERM)
+        stdout, stderr = sweep.communicate(timeout=60)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 128 + signal.SIGTERM, stdout + stderr
+    assert stderr.strip().splitlines()[-1].startswith("interrupted: stopped 2 worker(s)"), stderr
+    trials = study.get_trials()
+    stopped = [t for t in trials if t.state == TrialState.FAIL]
+    assert sorted(t.user_attrs["run"] for t in stopped) == ["ent_coef=0.0,seed=1", "ent_coef=0.1,seed=1"]
+    assert all(t.user_attrs["stopped"] == "interrupted" for t in stopped)
+    queued = [t for t in trials if t.state == TrialState.WAITING]
+    assert sorted((t.user_attrs["run"], t.user_attrs["attempt"]) for t in queued) == \
+        [("ent_coef=0.0,seed=1", 1), ("ent_coef=0.1,seed=1", 1)]
+    for trial in stopped:
+        checkpoint = Path(trial.user_attrs["run_dir"]) / "checkpoint.pt"
+        assert load_checkpoint(checkpoint, resumable=True)["global_step"] >= UPDATE
