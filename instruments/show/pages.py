@@ -22,7 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from breakout_ppo.events import EVENT_FILE_GLOB, damaged_event_files, read_scalars
+from breakout_ppo.events import (
+    ELAPSED_SECONDS,
+    ENTROPY,
+    EPISODIC_LENGTH,
+    EPISODIC_RETURN,
+    EVENT_FILE_GLOB,
+    SPS,
+    damaged_event_files,
+    read_scalars,
+)
 from instruments.inspection_dir import (
     CONTACT_SHEET_PNG,
     HEATMAP_PNG,
@@ -205,12 +214,12 @@ def write_inspection_report(out_dir, path=None) -> Path:
 
 
 LEARNING_CURVES = (
-    ("charts/episodic_return", "episodic return"),
-    ("charts/episodic_length", "episode length (steps)"),
-    ("charts/SPS", "training steps per second"),
+    (EPISODIC_RETURN, "episodic return"),
+    (EPISODIC_LENGTH, "episode length (steps)"),
+    (SPS, "training steps per second"),
     ("losses/policy_loss", "policy loss"),
     ("losses/value_loss", "value loss"),
-    ("losses/entropy", "policy entropy (nats)"),
+    (ENTROPY, "policy entropy (nats)"),
     ("losses/approx_kl", "approximate KL"),
     ("losses/clip_fraction", "clip fraction"),
     ("losses/explained_variance", "explained variance"),
@@ -247,23 +256,23 @@ def plot_learning_curves(scalars: dict) -> bytes:
 def run_facts(run_dir: Path, scalars: dict) -> tuple[list[tuple[str, str]], int | None]:
     """Rows of what a run did (steps, updates, time, final return) and its last step."""
     rows, last_step = [("run directory", f"<code>{esc(run_dir)}</code>")], None
-    if "charts/episodic_return" in scalars:
-        steps, values = scalars["charts/episodic_return"]
+    if EPISODIC_RETURN in scalars:
+        steps, values = scalars[EPISODIC_RETURN]
         last_step = int(steps[-1])
         tail = values[-max(1, len(values) // 10):]  # the last tenth of the updates
         rows.append(("episodic return, last tenth of training",
                      f"{tail.mean():.2f} (mean of {len(tail)} update{'s' * (len(tail) != 1)})"))
         rows.append(("best episodic return (an update's mean)", f"{values.max():.2f}"))
-    per_update = next((scalars[t] for t in ("charts/SPS", "losses/entropy") if t in scalars), None)
+    per_update = next((scalars[t] for t in (SPS, ENTROPY) if t in scalars), None)
     if per_update is not None:  # logged once an update, episodes finished or not
         last_step = max(last_step or 0, int(per_update[0][-1]))
         rows.append(("updates logged", format_number(len(per_update[0]))))
     if last_step is not None:
         rows.append(("environment steps", format_number(last_step)))
-    if "charts/elapsed_seconds" in scalars:
-        rows.append(("wall time since process start", f"{scalars['charts/elapsed_seconds'][1][-1]:.0f} s"))
-    if "charts/SPS" in scalars:
-        rows.append(("training steps per second (last)", format_number(round(scalars["charts/SPS"][1][-1]))))
+    if ELAPSED_SECONDS in scalars:
+        rows.append(("wall time since process start", f"{scalars[ELAPSED_SECONDS][1][-1]:.0f} s"))
+    if SPS in scalars:
+        rows.append(("training steps per second (last)", format_number(round(scalars[SPS][1][-1]))))
     return rows, last_step
 
 
