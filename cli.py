@@ -137,8 +137,12 @@ def train(preset_name, run_name, logdir, resume, instrument_every, snapshot_at, 
     (128 + the signal, as if the signal had ended the process): stopped on request, resumable with
     --resume. A second signal stops at once. Exit 0 means training ran to its end (or to
     --stop-at-step), 1 an error.
+
+    Under `torchrun --nproc_per_node=K cli.py train` the K processes train one run together (data
+    parallel; num_envs and the minibatch split over them); rank 0 writes and reports.
     """
     from breakout_ppo.checkpoint import CheckpointError
+    from breakout_ppo.distributed import ProcessGroupError, launched_rank
     from breakout_ppo.train import TimedSnapshots, TrainingError, train as run_training
 
     overrides = {k: (None if v == NO_LIMIT else v) for k, v in overrides.items() if v is not None}
@@ -161,18 +165,24 @@ def train(preset_name, run_name, logdir, resume, instrument_every, snapshot_at, 
     # Snapshots first: the panel takes seconds, which must not count against a snapshot's deadline.
     after_update = [TimedSnapshots(run_dir, snapshot_seconds, config)] if snapshot_seconds else []
     panel = None
-    if instrument_every:
+    reporting = launched_rank() == 0  # under torchrun, rank 0 alone writes and reports
+    if instrument_every and reporting:
         from instruments.panel import TrainingPanel
 
         panel = TrainingPanel(run_dir, instrument_every, sticky_action_prob=config.sticky_action_prob, device=device)
         after_update.append(panel)
     bar = ProgressLine(config.total_steps)
-    click.echo(f"training on {device}: {config.total_steps:,} steps, run {run_dir}", err=True)
+    if reporting:
+        click.echo(f"training on {device}: {config.total_steps:,} steps, run {run_dir}", err=True)
     try:
         result = run_training(config, run_dir, device=device, resume=resume, progress=bar.update,
                               after_update=after_update, stop_at_step=stop_at_step)
-    except (CheckpointError, TrainingError) as error:
+    except ProcessGroupError as error:  # this process's own loss: each survivor says it
+        raise click.ClickException(str(error)) from None
+    except (CheckpointError, TrainingError) as error:  # found or agreed on by every rank: rank 0 says it
         bar.finish()
+        if not reporting:
+            sys.exit(1)
         raise click.ClickException(str(error)) from None
     except OSError as error:  # the run directory's other files: config.json, events
         bar.finish()
@@ -185,6 +195,10 @@ def train(preset_name, run_name, logdir, resume, instrument_every, snapshot_at, 
         if panel is not None:
             panel.close()
     bar.finish()
+    if result.interrupted and not reporting:
+        sys.exit(128 + result.stop_signal)
+    elif not reporting:
+        return
     if result.interrupted:
         name = signal.Signals(result.stop_signal).name
         click.echo(f"stopped by {name} at step {result.global_step:,}: checkpoint saved to {result.last_checkpoint}; "

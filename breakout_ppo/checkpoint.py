@@ -3,6 +3,12 @@
 A checkpoint is a dict of tensors and plain values written with `torch.save` and read with
 `torch.load(weights_only=True)` only, so a file that smuggles code in a pickle is refused, never run.
 Random-number states are stored as tensors (numpy's legacy state tuple would not load there).
+
+A run of K processes (torchrun) saves one file, on rank 0: the weights and optimizer every rank
+shares, rank 0's envs and random streams where a one-process run keeps its own (so `evaluate`,
+`inspect` and `compare` read it like any other), the other ranks' under `other_ranks`, the shared
+minibatch-order stream under `rng.minibatch_order`, and `world_size`. A file without `world_size`
+is from one process.
 """
 
 from __future__ import annotations
@@ -26,10 +32,25 @@ class CheckpointError(Exception):
     """A checkpoint file that cannot be used; the message is one line meant for the user."""
 
 
-def save_checkpoint(path, *, model, optimizer, config: Config, env, global_step: int, update: int,
-                    sampler: torch.Generator) -> Path:
+def rank_state(env, sampler: torch.Generator) -> dict:
+    """What one process alone holds: its envs' games and counters and its random streams (CPU tensors)."""
+    return {
+        "env": env.save_state(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "env": env.generator.get_state(),
+            "sampler": sampler.get_state(),
+        },
+    }
+
+
+def save_checkpoint(path, *, model, optimizer, config: Config, ranks: list[dict], global_step: int, update: int,
+                    minibatch_order: torch.Generator | None = None) -> Path:
     """Write the checkpoint to a temporary file beside `path`, then rename it into place, so a
-    crash mid-write never leaves a truncated file under the real name."""
+    crash mid-write never leaves a truncated file under the real name.
+
+    `ranks`: every process's `rank_state`, in rank order (one for a run without torchrun);
+    `minibatch_order`: the stream all ranks share, when there are several."""
     path = Path(path)
     payload = {
         "format": FORMAT,
@@ -38,15 +59,15 @@ def save_checkpoint(path, *, model, optimizer, config: Config, env, global_step:
         "config": config.to_dict(),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "env": env.save_state(),
+        "env": ranks[0]["env"],
         "global_step": int(global_step),
         "update": int(update),
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "env": env.generator.get_state(),
-            "sampler": sampler.get_state(),
-        },
+        "rng": dict(ranks[0]["rng"]),
+        "world_size": len(ranks),
     }
+    if len(ranks) > 1:
+        payload["rng"]["minibatch_order"] = minibatch_order.get_state()
+        payload["other_ranks"] = ranks[1:]
     return _atomic_save(payload, path)
 
 
@@ -121,6 +142,9 @@ def load_checkpoint(path, map_location="cpu", resumable=False) -> dict:
     missing = needed - set(payload)
     if missing:
         raise CheckpointError(f"{path} is incomplete: missing {', '.join(sorted(missing))}")
+    if resumable and saved_world_size(payload) > 1 and len(payload.get("other_ranks", ())) != saved_world_size(payload) - 1:
+        raise CheckpointError(f"{path} is incomplete: it records {saved_world_size(payload)} processes but holds the "
+                              f"state of {1 + len(payload.get('other_ranks', ()))}")
     return payload
 
 
@@ -182,6 +206,17 @@ def load_agent(path, device="cpu"):
 
 
 def restore_env(env, payload: dict) -> None:
-    """Put the saved game states, episode counters and env RNG back into `env`."""
+    """Put the saved game states, episode counters and env RNG back into `env` (`payload` is the
+    checkpoint, or one rank's part of it: `saved_rank_state`)."""
     env.load_state(payload["env"])  # checkpoints from before partial-wall starts have no partial_start
     env.generator.set_state(payload["rng"]["env"])
+
+
+def saved_world_size(payload: dict) -> int:
+    """How many processes trained the checkpoint (files from before torchrun support: one)."""
+    return int(payload.get("world_size", 1))
+
+
+def saved_rank_state(payload: dict, rank: int) -> dict:
+    """Rank `rank`'s own part of a checkpoint: `{"env": ..., "rng": ...}`, as `rank_state` made it."""
+    return payload if rank == 0 else payload["other_ranks"][rank - 1]

@@ -6,6 +6,8 @@ The three phases of one update, in the order the paper gives them:
     ppo_update       -> epochs of minibatch steps on the clipped surrogate + value loss - entropy bonus
 `annealed` gives the config of each update (learning rate and entropy coefficient on their
 schedule); `train.py` runs the phases in a loop and does the logging and checkpointing.
+Under torchrun, `ppo_update` is given the `Ranks` of the run (breakout_ppo/distributed.py): each rank
+holds a slice of the envs, and the update averages gradients and normalises advantages over all ranks.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from breakout_ppo.config import Config
+from breakout_ppo.distributed import Ranks
 from breakout_ppo.env import BatchedBreakout, PackedGames, render, unpack
 
 
@@ -136,7 +139,8 @@ def compute_gae(rollout: Rollout, gamma: float, gae_lambda: float):
 
 def ppo_loss(model, obs, actions, old_logprobs, old_values, advantages, returns, config: Config):
     """The clipped PPO objective on one minibatch. Returns `(loss, metrics)`; `loss` includes the
-    entropy bonus, so `ent_coef` acts on the parameters."""
+    entropy bonus, so `ent_coef` acts on the parameters. `advantages` as the update uses them
+    (normalised by `ppo_update` when `config.norm_adv`)."""
     logits, values = forward(model, obs, config)
     logp_all = F.log_softmax(logits, dim=-1)
     logprobs = logp_all.gather(1, actions[:, None]).squeeze(1)
@@ -144,8 +148,6 @@ def ppo_loss(model, obs, actions, old_logprobs, old_values, advantages, returns,
 
     log_ratio = logprobs - old_logprobs
     ratio = log_ratio.exp()
-    if config.norm_adv:
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     policy_loss = torch.max(
         -advantages * ratio, -advantages * ratio.clamp(1 - config.clip_coef, 1 + config.clip_coef)
     ).mean()
@@ -180,11 +182,20 @@ def annealed(config: Config, update: int) -> Config:
                           ent_coef=config.ent_coef * (remaining if config.anneal_ent else 1.0))
 
 
-def ppo_update(model, optimizer, rollout: Rollout, config: Config, generator):
+def normalized(advantages: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """Advantages of a minibatch to zero mean and unit std, the statistics taken over the global
+    minibatch (every rank's rows)."""
+    mean, std = ranks.mean_std(advantages)
+    return (advantages - mean) / (std + 1e-8)
+
+
+def ppo_update(model, optimizer, rollout: Rollout, config: Config, generator, ranks: Ranks = Ranks()):
     """One PPO update: `update_epochs` passes of minibatch Adam steps over the rollout, at
     `config.learning_rate` with `config.ent_coef` (pass `annealed(config, update)` to schedule them).
+    `generator` draws the minibatch order; `config.num_minibatches` minibatches per epoch.
 
-    This is the step training runs; tests run it too. Returns metrics averaged over minibatches.
+    This is the step training runs; tests run it too. Returns metrics averaged over minibatches
+    (of this rank: `train` averages them over ranks).
     """
     for group in optimizer.param_groups:
         group["lr"] = config.learning_rate
@@ -199,14 +210,18 @@ def ppo_update(model, optimizer, rollout: Rollout, config: Config, generator):
     non_finite = torch.zeros((), dtype=torch.bool, device=obs.device)
     for _ in range(config.update_epochs):
         order = torch.randperm(obs.shape[0], generator=generator, device=generator.device).to(obs.device)
-        for idx in order.split(config.minibatch_size):
+        for idx in order.split(obs.shape[0] // config.num_minibatches):
             # index_select copies rows about twice as fast as obs[idx] on CPU.
-            minibatch = (x.index_select(0, idx) for x in
-                         (obs, actions, old_logprobs, old_values, advantages, returns))
-            loss, metrics = ppo_loss(model, *minibatch, config)
+            mb_obs, mb_actions, mb_logprobs, mb_values, mb_advantages, mb_returns = (
+                x.index_select(0, idx) for x in (obs, actions, old_logprobs, old_values, advantages, returns))
+            if config.norm_adv:
+                mb_advantages = normalized(mb_advantages, ranks)
+            loss, metrics = ppo_loss(model, mb_obs, mb_actions, mb_logprobs, mb_values, mb_advantages, mb_returns,
+                                     config)
             optimizer.zero_grad(set_to_none=True)
             non_finite |= ~torch.isfinite(loss.detach())
             loss.backward()
+            ranks.average_gradients(model)  # every rank then steps with the global minibatch's gradient
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
             for key, value in metrics.items():

@@ -1,7 +1,7 @@
 """The training loop, and the one place that writes: TensorBoard events, checkpoints, config.
 
 Everything a run writes goes through `RunWriter`, so that when training spans several processes
-only one of them needs a writer.
+(torchrun, breakout_ppo/distributed.py) only rank 0 has one.
 """
 
 from __future__ import annotations
@@ -17,14 +17,18 @@ from pathlib import Path
 
 import torch
 
+from breakout_ppo import distributed
 from breakout_ppo.checkpoint import (
     CheckpointError,
     config_from_checkpoint,
     load_checkpoint,
     model_from_checkpoint,
+    rank_state,
     restore_env,
     save_checkpoint,
     save_model,
+    saved_rank_state,
+    saved_world_size,
 )
 from breakout_ppo.config import Config
 from breakout_ppo.env import BatchedBreakout
@@ -127,6 +131,8 @@ class TrainResult:
     """The signal (SIGINT or SIGTERM) that stopped training early, checkpoint saved; None otherwise."""
     last_checkpoint: Path | None
     recent_returns: list = field(default_factory=list)
+    rank: int = 0
+    """This process's rank under torchrun (0 without): rank 0 writes and reports."""
 
     @property
     def interrupted(self) -> bool:
@@ -138,10 +144,13 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 class _StopOnSignal:
     """Ctrl-C (SIGINT) or SIGTERM, what schedulers and containers send: finish the current update,
-    checkpoint and stop. A second signal stops at once."""
+    checkpoint and stop. A second signal stops at once, except under torchrun (`second_stops=False`):
+    there each process gets Ctrl-C twice, from the terminal and forwarded by torchrun, and torchrun
+    itself kills the processes if they outlive its grace period."""
 
-    def __init__(self):
+    def __init__(self, second_stops: bool = True):
         self.signal = None
+        self.second_stops = second_stops
         self._previous = {}
 
     @property
@@ -158,7 +167,9 @@ class _StopOnSignal:
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
+            if self.second_stops:
+                raise KeyboardInterrupt
+            return
         self.signal = signum
 
     def __exit__(self, *exc):
@@ -181,85 +192,147 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, aft
     `instruments`) and `TimedSnapshots` for time-to-score benchmarks.
     `stop_at_step`: for studies at equal steps, stop (with a checkpoint, as on Ctrl-C) at the first
     update boundary at or past this step; the learning-rate schedule still runs to `total_steps`.
+
+    Launched by torchrun, each process calls this and they train one run together
+    (breakout_ppo/distributed.py): rank 0 alone claims and writes `run_dir` and calls `progress`
+    and `after_update`; an error any rank finds before training is raised on all of them.
     """
     config.validate()
-    payload = None
-    if resume is not None:
-        payload = load_checkpoint(resume, resumable=True)
-        saved = config_from_checkpoint(payload, resume)
-        differences = saved.differences(config, ignore=("total_steps",))
-        if differences:
-            raise TrainingError(f"{resume} was trained with a different config (checkpoint -> these flags: "
-                                f"{'; '.join(differences)}); resume with the same flags")
-        model_from_checkpoint(payload, config, resume)  # refuse weights that do not fit before any write
-        if payload["update"] >= config.num_updates:
-            raise TrainingError(f"{resume} is at step {payload['global_step']:,}, update {payload['update']}, and "
-                                f"--total-steps {config.total_steps:,} ends at update {config.num_updates}: nothing "
-                                f"to train; give a larger --total-steps to continue it")
-
-    # A dead entropy term makes every ent_coef "have no effect"; catch it before spending hours.
-    entropy_check = check_entropy_term(config)
-    if not entropy_check.passed:
-        raise TrainingError(f"preflight failed: {entropy_check}")
-
-    continuing = resume is not None and Path(run_dir).resolve() == Path(resume).resolve().parent
+    ranks = distributed.join(device)
+    if not ranks.is_writer:
+        progress, after_update = None, ()
+    run = None
     try:
-        run = RunDirectory.claim(run_dir, new=not continuing)
-    except RunDirectoryError as error:
-        raise TrainingError(str(error)) from None
-    try:
-        return _train(config, run.path, torch.device(device), payload=payload, resume=resume, progress=progress,
-                      after_update=after_update, stop_at_step=stop_at_step)
+        error = None
+        try:
+            payload = _resume_payload(config, resume, ranks)
+            split_error = ranks.split_error(config)
+            if split_error:
+                raise TrainingError(split_error)
+            # A dead entropy term makes every ent_coef "have no effect"; catch it before spending hours.
+            # Every rank runs it: the same verdict everywhere, without a collective.
+            entropy_check = check_entropy_term(config)
+            if not entropy_check.passed:
+                raise TrainingError(f"preflight failed: {entropy_check}")
+            if ranks.is_writer:
+                continuing = resume is not None and Path(run_dir).resolve() == Path(resume).resolve().parent
+                try:
+                    run = RunDirectory.claim(run_dir, new=not continuing)
+                except RunDirectoryError as claim_error:
+                    raise TrainingError(str(claim_error)) from None
+        except (TrainingError, CheckpointError) as found:
+            error = found
+        agreed = ranks.first_error(None if error is None else str(error))  # all ranks go on, or none does
+        if agreed is not None:
+            raise error if error is not None and str(error) == agreed else TrainingError(agreed)
+        return _train(config, run.path if run is not None else Path(run_dir), ranks, payload=payload, resume=resume,
+                      progress=progress, after_update=after_update, stop_at_step=stop_at_step)
     finally:
-        run.release()
+        if run is not None:
+            run.release()
+        distributed.leave(ranks)
 
 
-def _train(config, run_dir, device, *, payload, resume, progress, after_update, stop_at_step) -> TrainResult:
+def _resume_payload(config: Config, resume, ranks) -> dict | None:
+    """The checkpoint to resume from, checked against the flags and the number of processes; every
+    rank reads it (on several machines, from the same path)."""
+    if resume is None:
+        return None
+    payload = load_checkpoint(resume, resumable=True)
+    saved = config_from_checkpoint(payload, resume)
+    differences = saved.differences(config, ignore=("total_steps",))
+    if differences:
+        raise TrainingError(f"{resume} was trained with a different config (checkpoint -> these flags: "
+                            f"{'; '.join(differences)}); resume with the same flags")
+    model_from_checkpoint(payload, config, resume)  # refuse weights that do not fit before any write
+    if payload["update"] >= config.num_updates:
+        raise TrainingError(f"{resume} is at step {payload['global_step']:,}, update {payload['update']}, and "
+                            f"--total-steps {config.total_steps:,} ends at update {config.num_updates}: nothing "
+                            f"to train; give a larger --total-steps to continue it")
+    if saved_world_size(payload) != ranks.size:
+        trained_on = saved_world_size(payload)
+        how = "without torchrun" if trained_on == 1 else f"on {trained_on} processes (torchrun, nnodes x nproc_per_node)"
+        raise TrainingError(f"{resume} was trained by {trained_on} process{'es' if trained_on > 1 else ''}, this run has "
+                            f"{ranks.size}: its envs and random streams are split {trained_on} ways; resume it {how}")
+    return payload
+
+
+class _NoWriter:
+    """What ranks other than 0 write: nothing."""
+
+    def scalars(self, values: dict, step: int):
+        pass
+
+    def close(self):
+        pass
+
+
+def _train(config, run_dir, ranks, *, payload, resume, progress, after_update, stop_at_step) -> TrainResult:
+    device = ranks.device
     torch.manual_seed(config.seed)
     model = ActorCritic.from_config(config).to(device)
+    ranks.broadcast_weights(model)
     # One fused kernel per step instead of a handful of ops per parameter: Adam's step took a third
     # of the time on the 2-core CPU (0.45 -> 0.15 ms per minibatch), about 7% of training.
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=1e-5, fused=True)
-    env = BatchedBreakout(config.num_envs, device=device, sticky_action_prob=config.sticky_action_prob,
-                          max_episode_steps=config.max_episode_steps, seed=config.seed,
+    # Under torchrun each rank steps its slice of the envs with streams of its own (rank 0: a lone run's).
+    streams = ranks.streams(config.seed, device)
+    env = BatchedBreakout(ranks.local_num_envs(config), device=device, sticky_action_prob=config.sticky_action_prob,
+                          max_episode_steps=config.max_episode_steps, seed=streams.env_seed,
                           partial_wall_prob=config.partial_wall_starts,
                           random_ball_starts=config.random_ball_starts)
-    sampler = torch.Generator(device).manual_seed(config.seed + 1)
+    sampler, minibatch_order = streams.sampler, streams.minibatch_order
     obs = env.reset()
     global_step, first_update = 0, 0
     if payload is not None:
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
-        restore_env(env, payload)
+        own = saved_rank_state(payload, ranks.rank)
+        restore_env(env, own)
         obs = env.observe()
-        sampler.set_state(payload["rng"]["sampler"])
-        torch.set_rng_state(payload["rng"]["torch"])
+        sampler.set_state(own["rng"]["sampler"])
+        torch.set_rng_state(own["rng"]["torch"])
+        if minibatch_order is not sampler:
+            minibatch_order.set_state(payload["rng"]["minibatch_order"])
         global_step, first_update = payload["global_step"], payload["update"]
 
-    writer = RunWriter(run_dir, config, purge_step=global_step + 1 if payload is not None else None)
+    purge_step = global_step + 1 if payload is not None else None
+    writer = RunWriter(run_dir, config, purge_step=purge_step) if ranks.is_writer else _NoWriter()
     last_checkpoint = Path(resume) if resume is not None else None
     recent_returns = []
 
     def save(update):
-        try:
-            return writer.checkpoint("checkpoint.pt", model=model, optimizer=optimizer, config=config, env=env,
-                                     global_step=global_step, update=update, sampler=sampler)
-        except CheckpointError as error:
-            raise TrainingError(f"{error}; last good checkpoint: {last_checkpoint or 'none saved yet'}") from None
+        # Every rank hands its envs and streams to rank 0, which writes the one file; all learn if it failed.
+        states = ranks.gather_to_writer(rank_state(env, sampler))
+        error = None
+        if ranks.is_writer:
+            try:
+                writer.checkpoint("checkpoint.pt", model=model, optimizer=optimizer, config=config, ranks=states,
+                                  global_step=global_step, update=update, minibatch_order=minibatch_order)
+            except CheckpointError as failed:
+                error = f"{failed}; last good checkpoint: {last_checkpoint or 'none saved yet'}"
+        error = ranks.first_error(error)
+        if error is not None:
+            raise TrainingError(error)
+        return Path(run_dir) / "checkpoint.pt"
 
     process_start = process_start_time()
     start = time.perf_counter()
     start_step = global_step
     update = first_update
+    stop_signal = 0
     try:
-        with _StopOnSignal() as stop:
+        with _StopOnSignal(second_stops=ranks.size == 1) as stop:
             for update in range(first_update, config.num_updates):
                 scheduled = annealed(config, update)
                 rollout, obs, episodes = collect_rollout(model, env, obs, config, sampler)
-                metrics = ppo_update(model, optimizer, rollout, scheduled, sampler)
+                metrics = ppo_update(model, optimizer, rollout, scheduled, minibatch_order, ranks)
                 global_step += config.batch_size
+                # Over all ranks (no-ops in one process): the NaN flag, losses, finished episodes.
+                non_finite = ranks.max(bool(metrics.pop("non_finite")))
+                metrics, episodes = ranks.mean(metrics), ranks.sum(episodes)
 
-                if bool(metrics.pop("non_finite")):
+                if non_finite:
                     raise TrainingError(
                         f"non-finite loss at update {update + 1} (step {global_step}); "
                         f"last good checkpoint: {last_checkpoint or 'none saved yet'}"
@@ -282,12 +355,13 @@ def _train(config, run_dir, device, *, payload, resume, progress, after_update, 
                 done = update + 1
                 for callback in after_update:
                     callback(done, model, global_step)
-                stop_here = stop.requested or (stop_at_step is not None and global_step >= stop_at_step)
+                stop_signal = ranks.max(stop.signal or 0)  # a signal to any rank stops them all here
+                stop_here = bool(stop_signal) or (stop_at_step is not None and global_step >= stop_at_step)
                 if stop_here or done % config.checkpoint_every == 0 or done == config.num_updates:
                     last_checkpoint = save(done)
                 if stop_here:
                     break
     finally:
         writer.close()
-    return TrainResult(Path(run_dir), global_step, update + 1 - first_update, stop.signal,
-                       last_checkpoint, recent_returns)
+    return TrainResult(Path(run_dir), global_step, update + 1 - first_update, stop_signal or stop.signal,
+                       last_checkpoint, recent_returns, rank=ranks.rank)
