@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from breakout_ppo import __version__
-from breakout_ppo.config import PRESETS, Config, field_docs, preset
+from breakout_ppo.config import ARCHS, PRECISIONS, PRESETS, Config, field_docs, preset
 
 DEFAULT_LOGDIR = Path("runs")
 
@@ -55,11 +55,26 @@ class OptionalInt(click.ParamType):
             self.fail(f"{value!r} is not an integer or 'none'", param, ctx)
 
 
+FIELD_CHOICES = {"arch": ARCHS, "precision": PRECISIONS}
+
+
 def field_value_type(field: dataclasses.Field) -> click.ParamType:
     """The click type of one value of a Config field."""
+    if field.name in FIELD_CHOICES:
+        return click.Choice(FIELD_CHOICES[field.name])
     if field.type == "int | None":
         return OptionalInt()
     return {"bool": click.BOOL, "int": click.INT, "float": click.FLOAT, "str": click.STRING}[field.type]
+
+
+def shown_default(field: dataclasses.Field) -> str:
+    """The field's default (the `default` preset's value) as --help shows it."""
+    if field.default is None:
+        return NO_LIMIT
+    if isinstance(field.default, bool):
+        return "on" if field.default else "off"
+    return f"{field.default:,}" if isinstance(field.default, int) else f"{field.default:g}" \
+        if isinstance(field.default, float) else str(field.default)
 
 
 def config_options(command):
@@ -67,10 +82,12 @@ def config_options(command):
     docs = field_docs()
     for f in reversed(dataclasses.fields(Config)):
         flag = "--" + f.name.replace("_", "-")
+        # Written into the help, not given as click's default: a flag left out must keep the preset's value.
+        help_text = f"{docs.get(f.name, '')}  [default: {shown_default(f)}]"
         if f.type == "bool":
-            option = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=docs.get(f.name))
+            option = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text)
         else:
-            option = click.option(flag, f.name, type=field_value_type(f), default=None, help=docs.get(f.name))
+            option = click.option(flag, f.name, type=field_value_type(f), default=None, help=help_text)
         command = option(command)
     return command
 

@@ -11,67 +11,48 @@ import math
 from dataclasses import dataclass
 
 
+ARCHS = ("mlp", "cnn")
+PRECISIONS = ("float32", "bfloat16")
+
+
 @dataclass(frozen=True)
 class Config:
     # --- run ---
     seed: int = 1
     """Seeds the model init, the environments, action sampling and minibatch order."""
     total_steps: int = 14_000_000
-    """Environment steps to train for (summed over all envs); the learning rate reaches 0 here.
-    14M steps took 120-150 s on the 2-core CPU on 2026-11-25 and about 195 s on 2026-12-02: the
-    machines of that kind differ by the day."""
+    """Environment steps to train for, summed over all envs; the annealed schedules reach 0 here.
+    The default takes a few minutes on a 2-core CPU (docs/results.md)."""
     checkpoint_every: int = 100
-    """Save a checkpoint every this many updates (and always at the end or on Ctrl-C)."""
+    """Updates between checkpoints (one is also saved at the end, on Ctrl-C and on SIGTERM)."""
 
     # --- environment ---
     num_envs: int = 1024
-    """Games stepped in parallel: rollout width. Many games and short rollouts (1024 x 16) learned
-    faster per second on a 2-core CPU than the baselines' 64 x 128: batched acting is cheaper per
-    step, and each update sees more decorrelated games."""
+    """Games stepped in parallel (the rollout's width). Many games and short rollouts learned
+    faster per second than the baselines' 64 x 128 (docs/studies/2026-11-24-tuning-log.md)."""
     sticky_action_prob: float = 0.1
-    """MinAtar's default: the previous action is repeated with this probability."""
+    """Probability that the previous action is repeated instead of the chosen one (MinAtar's default)."""
     max_episode_steps: int | None = 10_000
-    """Episodes reaching this length are truncated (and bootstrapped, not treated as lost)."""
+    """Steps after which an episode is truncated and bootstrapped, not counted as lost; 'none': no cap."""
     partial_wall_starts: float = 0.5
-    """Fraction of training episodes that start from a random partial wall (each brick standing
-    with a probability drawn per episode) rather than MinAtar's full one; 0 trains on MinAtar's
-    game alone. Agents stall at 20-30 points, clearing most of the first wall and losing the ball
-    with a few bricks left; these starts show the end of a wall and its refill from the first
-    minute. Training return at 8M steps, seeds 15-18: 0 gave 25.9/26.3/28.3/21.6, 0.25 gave
-    34.5/29.5/29.9/27.5, 0.5 gave 39.6/31.4/33.5/27.1; on the wall clock 0.5 held both time-to-score
-    gates on 6 of 6 seeds, 0.25 on 5, 0 on 3 (2026-11-25, value loss clipped; docs/results.md). 0.75
-    with the value unclipped: no better at 8M (2026-12-02). Logged training returns leave
-    those episodes out; evaluation always plays MinAtar's game."""
+    """Fraction of training episodes that start from a random partial wall instead of MinAtar's
+    full one, so the end of a wall and its refill are seen from the first minute; agents stalled
+    at 20-30 points without them. Logged training returns and evaluation leave them out
+    (docs/studies/2026-11-25-partial-wall-starts.md)."""
     random_ball_starts: bool = True
-    """Episodes that start from a partial wall also start the ball in a random cell of rows 3-5,
-    heading down-left or down-right (MinAtar's starts in row 3 at a side wall); no effect with
-    `partial_wall_starts` 0. A stuck agent loses the ball on a few paths it rarely saw: these
-    starts show it many more. Training return at 8M steps, seeds 15-22: off
-    41.0/44.0/31.5/23.5/38.9/26.6/53.2/55.8, on 43.6/40.4/39.0/33.7/42.9/47.8/41.5/32.1; over
-    seeds 15-26 ahead on 8 of 12 at 4M and at 8M (mean at 8M 41.8 against 39.9, lowest 31.4
-    against 23.5). On the wall clock, seeds 1-3 at 47,000-66,000 steps/s: on 36.7/37.9/46.3
-    within 90 s and 45.2/45.7/63.2 within 150 s, off 25.5/28.9/37.6 and 30.8/42.8/46.2
-    (2026-12-02, docs/results.md)."""
+    """Partial-wall episodes also start the ball in a random cell of rows 3-5, heading down, so a
+    stuck agent sees the paths it loses on (docs/studies/2026-12-02-random-ball-starts.md)."""
 
     # --- model ---
     arch: str = "mlp"
     """Torso of both towers: "mlp" on the flattened frame or "cnn" (MinAtar's 16 3x3 filters)."""
     hidden: int = 128
-    """Width of the torso layers. With the torso shared, 128 learned more per step than 64:
-    training return at 8M steps on seeds 3, 15-18, 20, 21, 23, mean 77.2 against 57.4 (ahead on
-    6 of 8; 64's four weakest went from 49-51 to 82-89, seed 15 fell from 59.2 to 40.7). It runs
-    at 0.72-0.80x the steps/s of 64, and on the wall clock held both time-to-score gates on seeds
-    1-6 where 64 held them on five (2026-12-03, docs/results.md). With separate towers 128 was no
-    better per step (2026-11-24)."""
+    """Width of the torso layers (units or channels). With the torso shared, 128 learned more
+    per step than 64 (docs/studies/2026-12-03-hidden-128.md)."""
     shared_layers: int = 2
-    """Layers of the torso, counted from the input, that actor and critic share: 0 two separate
-    towers (the MinAtar baselines' choice), 1 the first layer (the frame's product, most of the
-    network's arithmetic), 2 the whole torso, only the heads apart. Sharing learned more per step:
-    training return at 8M steps, seeds 15-26, mean 41.2 with separate towers, 55.6 with the first
-    layer shared (ahead on 11 of 12), 71.0 with the whole torso (ahead of the first layer alone
-    on 9 of 12; lowest seed 48.7 against 30.3 and 30.5; 2026-12-02/03, docs/results.md).
-    A likely reason, not tested apart: the value loss's gradient, a denser signal than the
-    policy's, then shapes the features the policy reads."""
+    """Torso layers, counted from the input, that actor and critic share: 0 two separate towers,
+    1 the first layer, 2 the whole torso (only the heads apart), which learned most per step
+    (docs/studies/2026-12-03-shared-torso.md)."""
     precision: str = "float32"
     """Matrix products of the network in rollouts and updates: "float32", or "bfloat16" (autocast;
     weights, optimiser and losses stay float32). Evaluation and the instruments run in float32."""
@@ -80,38 +61,33 @@ class Config:
     num_steps: int = 16
     """Rollout length per env between updates; a batch holds num_envs * num_steps transitions."""
     learning_rate: float = 5e-3
-    """Adam step size at the start."""
+    """Adam step size at the first update."""
     anneal_lr: bool = True
     """Decay the learning rate linearly to 0 over `total_steps`."""
     gamma: float = 0.99
-    """Discount factor."""
+    """Discount factor per step."""
     gae_lambda: float = 0.95
     """GAE(lambda) trace decay."""
     num_minibatches: int = 8
-    """Minibatches per epoch (2048 transitions each with the defaults)."""
+    """Minibatches per epoch; each holds num_envs * num_steps / num_minibatches transitions."""
     update_epochs: int = 4
     """Passes over each batch."""
     clip_coef: float = 0.2
     """PPO ratio clip; also clips the value update when `clip_value` is on."""
     clip_value: bool = False
-    """Clip the value loss as the policy's: V may move at most `clip_coef` from its rollout-time
-    estimate before the loss stops rewarding the move. Off by default: values run to 5-10 points
-    and jump when the agent reaches a new wall or a refill, and a critic held to 0.2 per update
-    lags behind. Training return at 8M steps, seeds 15-22: clipped
-    33.2/34.1/36.3/46.6/41.5/22.7/29.0/38.2 (mean 35.2), unclipped
-    50.6/30.6/44.7/48.0/37.7/35.3/49.3/38.9 (mean 41.9, lowest 30.6 against 22.7)."""
+    """Clip the value loss as the policy's. Off: values jump at a new wall or a refill, and a
+    critic held to `clip_coef` per update lags (docs/studies/2026-12-02-value-unclipped.md)."""
     ent_coef: float = 0.005
-    """Weight of the entropy bonus in the optimised loss. 0.005 beat 0.01 within 90 s on all three
-    seeds measured (the evaluation samples the policy, so a sharper policy scores higher)."""
+    """Weight of the entropy bonus in the optimised loss; 0.005 beat 0.01 on the wall clock
+    (docs/studies/2026-11-24-entropy-sweep.md)."""
     anneal_ent: bool = False
-    """Decay `ent_coef` linearly to 0 over `total_steps`, on the learning rate's schedule: explore
-    early, sharpen the (sampled) policy late."""
+    """Decay `ent_coef` linearly to 0 over `total_steps`, on the learning rate's schedule."""
     vf_coef: float = 0.5
     """Weight of the value loss."""
     max_grad_norm: float = 0.5
     """Global gradient-norm clip."""
     norm_adv: bool = True
-    """Normalise advantages per minibatch."""
+    """Normalise advantages per minibatch (mean 0, std 1)."""
 
     @property
     def batch_size(self) -> int:
@@ -148,9 +124,8 @@ class Config:
             (0 <= self.partial_wall_starts <= 1, "partial_wall_starts must be in [0, 1]"),
             (0 <= self.sticky_action_prob <= 1, "sticky_action_prob must be in [0, 1]"),
             (self.max_episode_steps is None or self.max_episode_steps > 0, "max_episode_steps must be positive"),
-            (self.arch in ("mlp", "cnn"), f"arch must be 'mlp' or 'cnn', got {self.arch!r}"),
-            (self.precision in ("float32", "bfloat16"),
-             f"precision must be 'float32' or 'bfloat16', got {self.precision!r}"),
+            (self.arch in ARCHS, f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
             (self.hidden > 0, "hidden must be positive"),
             (self.shared_layers in (0, 1, 2), f"shared_layers must be 0, 1 or 2, got {self.shared_layers}"),
             (self.checkpoint_every > 0, "checkpoint_every must be positive"),

@@ -1,5 +1,6 @@
 """The command line as a user meets it: help, training output, bad input, Ctrl-C."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -180,3 +181,15 @@ def test_timed_snapshots_hold_the_last_model_before_each_deadline(tmp_path):
     final = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
     assert snapshot["kind"] == "model" and snapshot["global_step"] == final["global_step"] == 1024
     assert all(torch.equal(snapshot["model"][k], final["model"][k]) for k in final["model"])
+
+
+def test_every_config_flag_shows_its_default_in_help():
+    from breakout_ppo.config import Config
+
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    options = {p.name: p for p in cli.train.params if p.name in fields}
+    assert set(options) == set(fields)
+    for name, option in options.items():
+        assert option.help.endswith(f"[default: {cli.shown_default(fields[name])}]"), (name, option.help)
+    help_text = " ".join(run("train", "--help").output.split())
+    assert "[default: 14,000,000]" in help_text and "[default: on]" in help_text
