@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,7 +130,7 @@ def worker_update(out: Path):
     """One rank: its half of the envs through the real `ppo_update`, parameters saved."""
     import torch.distributed as dist
 
-    from breakout_ppo.distributed import join, leave
+    from breakout_ppo.distributed import join
     from breakout_ppo.ppo import ppo_update
 
     ranks = join("cpu")
@@ -139,13 +140,20 @@ def worker_update(out: Path):
                torch.Generator().manual_seed(123), ranks)
     assert dist.get_backend() == "gloo"
     torch.save(torch.cat([p.detach().flatten() for p in model.parameters()]), out / f"rank{ranks.rank}.pt")
-    leave(ranks)
 
 
-def test_two_ranks_update_as_one_process_does_on_the_union_of_their_minibatches(tmp_path):
-    torch.set_num_threads(1)
-    results = finish(start_ranks([__file__, "update", tmp_path]))
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """Two worker processes, started once (each start costs seconds): each runs its half of the
+    update below, then a smoke training of 8 envs in `run/`, recording it."""
+    out = tmp_path_factory.mktemp("two_ranks")
+    results = finish(start_ranks([__file__, out]))
     assert all(code == 0 for code, _ in results), results
+    return out
+
+
+def test_two_ranks_update_as_one_process_does_on_the_union_of_their_minibatches(two_ranks):
+    tmp_path = two_ranks / "update"
     config, model, rollout = shared_rollout()
     expected = reference_update(model, rollout, config, size=2)
     local_only = reference_update(model, rollout, config, size=2, global_normalisation=False)
@@ -196,11 +204,8 @@ def recording_train(out: Path, run_dir: Path, num_envs: int, rank: int):
     torch.save(record, out / f"rank{rank}.pt")
 
 
-def test_two_ranks_stay_identical_draw_different_streams_and_rank_0_draws_a_lone_runs(tmp_path):
-    torch.set_num_threads(1)
-    results = finish(start_ranks([__file__, "train", tmp_path]))
-    assert all(code == 0 for code, _ in results), results
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+def test_two_ranks_stay_identical_draw_different_streams_and_rank_0_draws_a_lone_runs(two_ranks, tmp_path):
+    ranks = [torch.load(two_ranks / f"rank{r}.pt") for r in range(2)]
     assert torch.equal(ranks[0]["parameters"], ranks[1]["parameters"])
     assert not torch.equal(ranks[0]["first_rollout"][0], ranks[1]["first_rollout"][0])
     assert not torch.equal(ranks[0]["first_rollout"][1], ranks[1]["first_rollout"][1])
@@ -209,34 +214,35 @@ def test_two_ranks_stay_identical_draw_different_streams_and_rank_0_draws_a_lone
     alone = torch.load(tmp_path / "rankalone.pt")
     assert all(torch.equal(a, b) for a, b in zip(alone["first_rollout"], ranks[0]["first_rollout"]))
     # Only rank 0 wrote: one event file in the one run directory.
-    assert len(list((tmp_path / "run").glob("events.out.tfevents.*"))) == 1
+    assert len(list((two_ranks / "run").glob("events.out.tfevents.*"))) == 1
 
 
 # --- End to end under torchrun -------------------------------------------------------------------
 
-def test_torchrun_trains_one_run_that_evaluates_and_resumes_bit_for_bit(tmp_path):
+def test_torchrun_trains_one_run_that_evaluates_and_resumes_bit_for_bit(two_ranks, tmp_path):
     from breakout_ppo.checkpoint import load_agent, load_checkpoint
     from breakout_ppo.config import preset
     from breakout_ppo.evaluate import evaluate
     from breakout_ppo.train import TrainingError, train
 
-    flags = ["train", "--preset", "smoke", "--logdir", tmp_path, "--device", "cpu"]
-    whole = torchrun([*flags, "--run-name", "whole"], cwd=tmp_path)
-    assert whole.returncode == 0, whole.stderr
-    run = tmp_path / "whole"
-    assert len(list(run.glob("events.out.tfevents.*"))) == 1 and (run / "config.json").exists()
-    assert sum(line.startswith("done:") for line in whole.stderr.splitlines()) == 1  # rank 0 reports
+    # The workers' whole smoke run: one file, rank 0's envs where a lone run keeps them, no `module.`.
+    run = two_ranks / "run"
     payload = load_checkpoint(run / "checkpoint.pt", resumable=True)
     assert payload["world_size"] == 2 and len(payload["other_ranks"]) == 1
     assert not any(name.startswith("module.") for name in payload["model"])
     model, config = load_agent(run / "checkpoint.pt")
     assert evaluate(model, episodes=2, max_episode_steps=200).mean >= 0
 
-    # Stopped half way, then resumed under torchrun: where the whole run got, bit for bit.
+    # The same run under torchrun, stopped half way, then resumed: where the whole run got, bit for bit.
+    flags = ["train", "--preset", "smoke", "--logdir", tmp_path, "--device", "cpu"]
     half = torchrun([*flags, "--run-name", "half", "--stop-at-step", "512"], cwd=tmp_path)
     assert half.returncode == 0, half.stderr
+    assert sum(line.startswith("stopped at 512 steps") for line in half.stderr.splitlines()) == 1  # rank 0 reports
     resumed = torchrun([*flags, "--resume", tmp_path / "half" / "checkpoint.pt"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
+    assert sum(line.startswith("done:") for line in resumed.stderr.splitlines()) == 1
+    assert len(list((tmp_path / "half").glob("events.out.tfevents.*"))) == 2  # the run's, and its resumption's
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["half"]
     again = load_checkpoint(tmp_path / "half" / "checkpoint.pt", resumable=True)
     assert again["global_step"] == payload["global_step"] == 1024
     for key in ("model", "env"):
@@ -300,10 +306,21 @@ def test_when_one_rank_dies_the_survivor_exits_with_one_line(tmp_path):
     assert "Traceback" not in err, err
 
 
-if __name__ == "__main__":  # one rank of a test above
-    mode, out = sys.argv[1], Path(sys.argv[2])
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs one GPU per rank: two CUDA GPUs")
+def test_torchrun_on_two_gpus_trains_with_nccl(tmp_path):
+    done = torchrun(["train", "--preset", "smoke", "--logdir", tmp_path, "--run-name", "run", "--device", "cuda"],
+                    cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    from breakout_ppo.checkpoint import load_checkpoint
+
+    payload = load_checkpoint(tmp_path / "run" / "checkpoint.pt", resumable=True)
+    assert payload["world_size"] == 2 and payload["global_step"] == 1024
+
+
+if __name__ == "__main__":  # one rank of the `two_ranks` fixture
+    out = Path(sys.argv[1])
     torch.set_num_threads(1)
-    if mode == "update":
-        worker_update(out)
-    elif mode == "train":
-        recording_train(out, out / "run", num_envs=8, rank=int(os.environ["RANK"]))
+    (out / "update").mkdir(exist_ok=True)
+    worker_update(out / "update")
+    recording_train(out, out / "run", num_envs=8, rank=int(os.environ["RANK"]))  # in the group the update joined
+    torch.distributed.destroy_process_group()
