@@ -311,7 +311,8 @@ def evaluate(checkpoint, episodes, backend, setting, seed, json_path, device):
 @click.option("--episodes", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Episodes for the failure heatmap, one per env slot.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where the files go (default: inspect/ beside the checkpoint).")
+              help="Where the files go (default: inspect/ beside checkpoint.pt, inspect-<name>/ beside any "
+                   "other checkpoint file, so that each has its own).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the replayed episodes.")
 @click.option("--max-video-steps", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Longest episode prefix put in the video.")
@@ -320,12 +321,14 @@ def evaluate(checkpoint, episodes, backend, setting, seed, json_path, device):
 @device_option
 def inspect(checkpoint, episodes, out_dir, seed, max_video_steps, tensorboard, device):
     """Replay an agent: video, saliency, traces, failure heatmap, diagnosis, into files, TensorBoard
-    and one HTML page."""
+    and one HTML page. CHECKPOINT is a checkpoint file or a run directory (its checkpoint.pt)."""
     device = resolve_device(device)
+    if checkpoint.is_dir():
+        checkpoint = checkpoint / "checkpoint.pt"
     require_checkpoint(checkpoint)
     from instruments.inspection import inspect_agent
 
-    out_dir = out_dir or checkpoint.parent / "inspect"
+    out_dir = out_dir or default_inspection_dir(checkpoint)
     with one_line_errors(), removed_on_failure(out_dir):
         result = inspect_agent(checkpoint, out_dir, episodes=episodes, device=device, seed=seed,
                                max_video_steps=max_video_steps,
@@ -469,6 +472,16 @@ def sweep(name, preset_name, logdir, storage, seed_count, workers, eval_episodes
     if report.missing:
         raise click.ClickException(f"{len(report.missing)} of {report.runs} runs are not complete, e.g. "
                                    f"{report.missing[0]}; run the same command again")
+
+
+def default_inspection_dir(checkpoint: Path) -> Path:
+    """runs/<run>/inspect for the run's checkpoint.pt (where the run's page looks), and
+    inspect-<name> for any other file beside it (a snapshot), so no inspection replaces another's."""
+    from instruments.inspection_dir import INSPECT_DIR_NAME
+
+    if checkpoint.name == "checkpoint.pt":
+        return checkpoint.parent / INSPECT_DIR_NAME
+    return checkpoint.parent / f"{INSPECT_DIR_NAME}-{checkpoint.stem}"
 
 
 def require_checkpoint(path: Path) -> None:

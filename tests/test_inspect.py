@@ -1,6 +1,8 @@
 """`cli.py inspect` end to end on a briefly trained agent: files, a decodable video, TensorBoard tags."""
 
 import json
+import shutil
+from pathlib import Path
 
 import av
 import pytest
@@ -91,3 +93,15 @@ def test_instrument_every_logs_the_panel_and_does_not_change_training(tmp_path):
     plain = load_checkpoint(tmp_path / "plain" / "checkpoint.pt", resumable=True)["model"]
     watched = load_checkpoint(tmp_path / "watched" / "checkpoint.pt", resumable=True)["model"]
     assert all(torch.equal(plain[name], watched[name]) for name in plain)
+
+
+def test_inspect_takes_a_run_directory_and_gives_each_checkpoint_its_own_folder(checkpoint):
+    run_dir = checkpoint.parent
+    shutil.copy(checkpoint, run_dir / "snapshot-90s.pt")
+    for target in (run_dir, run_dir / "snapshot-90s.pt"):
+        result = CliRunner().invoke(cli.cli, ["inspect", str(target), "--episodes", "8", "--no-tensorboard"])
+        assert result.exit_code == 0, result.output
+    first = json.loads((run_dir / "inspect" / "summary.json").read_text())
+    second = json.loads((run_dir / "inspect-snapshot-90s" / "summary.json").read_text())
+    assert Path(first["checkpoint"]).name == "checkpoint.pt"
+    assert Path(second["checkpoint"]).name == "snapshot-90s.pt"
