@@ -27,7 +27,7 @@ from instruments.judge.compare import (
 )
 from instruments.show.figures import save_difference_figure
 from instruments.show.pages import write_compare_report
-from instruments.show.tensorboard_sink import TensorBoardSink
+from instruments.show.tensorboard_sink import TensorBoardSink, read_png
 
 FIGURE_NAME = "compare.png"
 
@@ -59,9 +59,7 @@ def compare_agents(checkpoint_a, checkpoint_b, out_dir, episodes: int = 1000, de
 
 def side_by_side(left: Path, right: Path) -> np.ndarray:
     """Two PNGs as one RGB image, tops aligned, padded white (for TensorBoard's Images tab)."""
-    import cv2
-
-    images = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in (left, right)]
+    images = [read_png(p) for p in (left, right)]
     height = max(i.shape[0] for i in images)
     padded = [np.pad(i, ((0, height - i.shape[0]), (0, 0), (0, 0)), constant_values=255) for i in images]
     gap = np.full((height, 16, 3), 255, dtype=np.uint8)
@@ -70,8 +68,6 @@ def side_by_side(left: Path, right: Path) -> np.ndarray:
 
 def log_to_tensorboard(c: Comparison) -> None:
     """Everything under `compare/` in `c.out_dir`'s event file, at step 0."""
-    import cv2
-
     with TensorBoardSink(c.out_dir) as sink:
         for side in (c.a, c.b):
             e = side.evaluation
@@ -81,9 +77,9 @@ def log_to_tensorboard(c: Comparison) -> None:
         sink.scalar("compare/difference", c.returns.difference, 0)
         sink.scalar("compare/difference_ci95", c.returns.half_width, 0)
         sink.scalar("compare/significant", float(c.returns.significant), 0)
-        figure = cv2.cvtColor(cv2.imread(str(c.files["figure"])), cv2.COLOR_BGR2RGB)
-        sink.image("compare/differences", figure, 0)
-        sink.image("compare/failure_heatmaps", side_by_side(c.a.inspect_dir / HEATMAP_PNG, c.b.inspect_dir / HEATMAP_PNG), 0)
+        sink.image("compare/differences", read_png(c.files["figure"]), 0)
+        sink.image("compare/failure_heatmaps",
+                   side_by_side(c.a.inspect_dir / HEATMAP_PNG, c.b.inspect_dir / HEATMAP_PNG), 0)
         sink.image("compare/saliency", side_by_side(c.a.inspect_dir / SALIENCY_PNG, c.b.inspect_dir / SALIENCY_PNG), 0)
         sink.text("compare/summary", "\n".join(f"- {line}" for line in c.differences)
                   + "\n\n```\n" + "\n".join(summary_lines(c)) + "\n```", 0)

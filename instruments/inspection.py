@@ -139,19 +139,14 @@ def inspect_agent(checkpoint, out_dir, episodes: int = 1000, device="cpu", seed:
 
 def _log_to_tensorboard(log_dir: Path, step: int, trace: Trace, files: dict, heatmap,
                         diagnosis: Diagnosis) -> None:
-    import cv2
-
-    from instruments.show.tensorboard_sink import TensorBoardSink
-
-    def png(path):
-        return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    from instruments.show.tensorboard_sink import TensorBoardSink, read_png
 
     with TensorBoardSink(log_dir) as sink:
         sink.scalar("inspect/episode_return", float(trace.rewards.sum()), step)
         sink.scalar("inspect/heatmap_mean_return", heatmap.mean_return, step)
         sink.scalar("inspect/heatmap_loss_fraction", heatmap.losses / max(1, heatmap.episodes), step)
         for tag in ("heatmap", "contact_sheet", "saliency_plot", "traces_plot"):
-            sink.image(f"inspect/{tag}", png(files[tag]), step)
+            sink.image(f"inspect/{tag}", read_png(files[tag]), step)
         sink.video("inspect/rollout", iter_frames(trace), step)
         sink.histogram("inspect/value", trace.values, step)
         sink.histogram("inspect/action_saliency", trace.saliency, step)

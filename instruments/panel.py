@@ -17,7 +17,7 @@ from instruments.measure.hooks import Taps, layer_names
 from instruments.measure.saliency import gradient_saliency, reduce_channels
 from instruments.measure.traces import record_episode
 from instruments.show.figures import plot_mean_saliency
-from instruments.show.tensorboard_sink import TensorBoardSink
+from instruments.show.tensorboard_sink import TensorBoardSink, read_png
 from instruments.show.video import iter_frames
 
 
@@ -62,22 +62,16 @@ class TrainingPanel:
         value_maps = reduce_channels(gradient_saliency(model, frames, target="value")).cpu().numpy()
         png = plot_mean_saliency(trace.saliency.mean(axis=0), value_maps.mean(axis=0), len(trace),
                                  self.run_dir / "panel_saliency.png")
-        sink.image("panel/saliency", _read_rgb(png), step)
+        sink.image("panel/saliency", read_png(png), step)
 
         heatmap = failure_heatmap(policy_from_model(model, seed=update), episodes=self.heatmap_episodes,
                                   max_episode_steps=2_000, sticky_action_prob=self.sticky_action_prob,
                                   seed=update, device=self.device)
         png = save_heatmap_png(heatmap, self.run_dir / "panel_heatmap.png")
-        sink.image("panel/failure_heatmap", _read_rgb(png), step)
+        sink.image("panel/failure_heatmap", read_png(png), step)
         sink.scalar("panel/episode_return", float(trace.rewards.sum()), step)
         sink.flush()
 
     def close(self):
         if self.sink is not None:
             self.sink.close()
-
-
-def _read_rgb(path):
-    import cv2
-
-    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)

@@ -34,6 +34,14 @@ import numpy as np
 import torch
 
 
+def read_png(path) -> np.ndarray:
+    """A PNG file as an (H, W, 3) uint8 RGB array, as `TensorBoardSink.image` takes it."""
+    image = cv2.imread(str(path))
+    if image is None:
+        raise OSError(f"could not read {path} as an image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
 def _numpy(values) -> np.ndarray:
     if isinstance(values, torch.Tensor):
         return values.detach().cpu().numpy()
