@@ -136,18 +136,20 @@ class Ranks:
             offset += g.numel()
 
     def mean_std(self, x: torch.Tensor):
-        """Mean and standard deviation (n - 1) of `x` over all ranks' rows, in two passes; with one
-        process exactly `x.mean(), x.std()`."""
+        """Mean and standard deviation (n - 1) of `x` over all ranks' rows, from one all-reduce of
+        (count, sum, sum of squares) in float64, where cancellation costs nothing at float32's
+        precision; with one process exactly `x.mean(), x.std()`."""
         if self.size == 1:
             return x.mean(), x.std()
-        total = torch.stack([x.sum(), torch.tensor(float(x.numel()), device=x.device)])
-        with self._collective("advantage mean"):
-            dist.all_reduce(total)
-        mean = total[0] / total[1]
-        squares = ((x - mean) ** 2).sum()
-        with self._collective("advantage std"):
-            dist.all_reduce(squares)
-        return mean, (squares / (total[1] - 1)).sqrt()
+        x64 = x.double()
+        moments = torch.stack([torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device),
+                               x64.sum(), (x64 * x64).sum()])
+        with self._collective("advantage statistics"):
+            dist.all_reduce(moments)
+        count, total, squares = moments
+        mean = total / count
+        variance = (squares - count * mean * mean) / (count - 1)
+        return mean.to(x.dtype), variance.clamp_min(0).sqrt().to(x.dtype)
 
     def sum(self, tensors):
         """Each tensor (scalars, e.g. a NamedTuple of sums) summed over ranks, in one all-reduce."""
