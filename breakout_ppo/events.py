@@ -34,8 +34,12 @@ def read_scalars(run_dir) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
     Read by TensorBoard's own reader, so steps a resumed run purged (SummaryWriter's `purge_step`)
     are gone here as they are in TensorBoard."""
+    import logging
+
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    # TensorBoard logs a warning for each purge a resumed run made; the purge is wanted here.
+    logging.getLogger("tensorboard").setLevel(logging.ERROR)
     # Scalars only: images and histograms in the same files are not needed (1 keeps one of each).
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 1, "histograms": 1,
                                                            "tensors": 1, "compressedHistograms": 1})

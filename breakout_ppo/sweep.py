@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from breakout_ppo.config import Config, preset
+from breakout_ppo.events import ENTROPY, EPISODIC_RETURN, EVAL_MEAN_RETURN, read_scalars
 
 STORAGE_ENV = "BREAKOUT_PPO_STORAGE"
 """Environment variable holding the storage URL: how workers get it without a password in argv."""
@@ -51,8 +52,7 @@ OLD_PLAN_FILE = "sweep.json"
 """Written by the process pool that sweeps ran on before Optuna: such folders are refused."""
 EVAL_SEED = 12345
 """Every run is evaluated on the same episode seeds, so the grid points meet the same games."""
-EVAL_RETURN_TAG = "eval/mean_return"
-CURVE_TAGS = ("charts/episodic_return", "losses/entropy")
+CURVE_TAGS = (EPISODIC_RETURN, ENTROPY)
 """Curves each trial stores for the report, at most `CURVE_POINTS` points each."""
 CURVE_POINTS = 200
 
@@ -773,30 +773,21 @@ def write_eval_scalar(run_dir: Path, mean_return: float, global_step: int) -> No
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(run_dir))
-    writer.add_scalar(EVAL_RETURN_TAG, mean_return, global_step)
+    writer.add_scalar(EVAL_MEAN_RETURN, mean_return, global_step)
     writer.close()
 
 
 def read_curves(run_dir: Path) -> dict:
     """{tag: [steps, values]} of `CURVE_TAGS` from the run's events, thinned to `CURVE_POINTS`."""
-    import logging
-
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    # A resumed run restarts its steps at the checkpoint's: TensorBoard drops the later steps of the
-    # earlier process, as wanted, and would warn about it on the worker's console.
-    logging.getLogger("tensorboard").setLevel(logging.ERROR)
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})  # 0: keep every point
-    events.Reload()
+    scalars = read_scalars(run_dir)  # a resumed run's steps after its checkpoint are purged there
     curves = {}
     for tag in CURVE_TAGS:
-        if tag not in events.Tags()["scalars"]:
+        if tag not in scalars:
             continue
-        points = dict((e.step, e.value) for e in events.Scalars(tag))  # a resumed run's later value wins
-        steps = sorted(points)
+        steps, values = scalars[tag]
         keep = sorted({round(i * (len(steps) - 1) / (CURVE_POINTS - 1)) for i in range(CURVE_POINTS)}) \
             if len(steps) > CURVE_POINTS else range(len(steps))
-        curves[tag] = [[steps[i] for i in keep], [float(points[steps[i]]) for i in keep]]
+        curves[tag] = [[int(steps[i]) for i in keep], [float(values[i]) for i in keep]]
     return curves
 
 

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from breakout_ppo.events import ENTROPY as ENTROPY_TAG, EPISODIC_RETURN as RETURN_TAG
 from breakout_ppo.stats import mean_ci, welch
 from breakout_ppo.sweep import SweepPlan, point_label
 
-RETURN_TAG = "charts/episodic_return"
-ENTROPY_TAG = "losses/entropy"
 SIGNIFICANCE = 0.05
 
 

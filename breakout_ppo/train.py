@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from breakout_ppo import distributed
+from breakout_ppo import distributed, events
 from breakout_ppo.checkpoint import (
     CheckpointError,
     config_from_checkpoint,
@@ -77,7 +77,7 @@ class RunWriter:
         values = {k: (v if v is not None else "none") for k, v in config.to_dict().items()}
         # eval/mean_return is written by a sweep's final evaluation (breakout_ppo/sweep.py); it is
         # declared here because TensorBoard reads a run's HParams metrics from its first summary.
-        metrics = {"charts/episodic_return": 0.0, "eval/mean_return": 0.0}
+        metrics = {events.EPISODIC_RETURN: 0.0, events.EVAL_MEAN_RETURN: 0.0}
         for summary in hparams(values, metrics):
             self.tb.file_writer.add_summary(summary)
 
@@ -340,14 +340,14 @@ def _train(config, run_dir, ranks, *, payload, resume, progress, after_update, s
                 sps = (global_step - start_step) / (time.perf_counter() - start)
                 scalars = {f"losses/{k}": float(v) for k, v in metrics.items()}
                 elapsed = time.time() - process_start
-                scalars.update({"charts/learning_rate": scheduled.learning_rate, "charts/ent_coef": scheduled.ent_coef,
-                                "charts/SPS": sps, "charts/elapsed_seconds": elapsed})
+                scalars.update({events.LEARNING_RATE: scheduled.learning_rate, events.ENT_COEF: scheduled.ent_coef,
+                                events.SPS: sps, events.ELAPSED_SECONDS: elapsed})
                 n = float(episodes.count)
                 if n > 0:
                     mean_return = float(episodes.return_sum) / n
                     recent_returns.append(mean_return)
-                    scalars["charts/episodic_return"] = mean_return
-                    scalars["charts/episodic_length"] = float(episodes.length_sum) / n
+                    scalars[events.EPISODIC_RETURN] = mean_return
+                    scalars[events.EPISODIC_LENGTH] = float(episodes.length_sum) / n
                 writer.scalars(scalars, global_step)
                 if progress is not None:
                     progress(global_step, sps, recent_returns[-1] if recent_returns else math.nan)
