@@ -8,9 +8,14 @@ every worker takes only waiting trials, so each is trained exactly once. A trial
 under `runs/<sweep>/<field=value,...,seed=S>/`, evaluates it and stores the result in the trial
 (the evaluation, the learning and entropy curves), so the report needs the storage alone.
 
+A search (`SweepPlan.search`) enqueues nothing up front: a worker with no waiting trial asks TPE
+for a new one (trained on the first seed, run `trial=N,seed=S`) until `trials` were proposed;
+then the best `confirm` points are enqueued on the other seeds, fresh ones for the report.
+
 Nothing is lost when a worker stops:
-- Ctrl-C: training saves its checkpoint, the trial is marked failed (what Optuna does to an
-  interrupted trial) and a copy is put back in the queue; the next run of the command resumes it.
+- Ctrl-C or SIGTERM: training saves its checkpoint, the trial is marked failed (what Optuna does
+  to an interrupted trial) and a copy is put back in the queue; the next run of the command
+  resumes it.
 - SIGKILL, a crash, a machine gone: the trial's heartbeat stops, any live worker (or a rerun)
   fails it as stale and puts a copy back, and whoever takes the copy resumes from the run's
   `checkpoint.pt` if the run directory is reachable (a shared `--logdir`), else starts afresh.
