@@ -117,7 +117,7 @@ def bad_files(tmp_path):
     torch.save(torch.zeros(3), files["foreign tensor"])
     torch.save({"format": "breakout-ppo-checkpoint", "payload": RunsCode(str(marker))}, files["code in a torch file"])
     files["code in a plain pickle"].write_bytes(pickle.dumps(RunsCode(str(marker))))
-    save_model(files["wrong shapes"], ActorCritic(hidden=16).state_dict(), preset("smoke"), 0, 0.0)  # config says 64
+    save_model(files["wrong shapes"], ActorCritic(hidden=16).state_dict(), preset("smoke"), 0, 0.0)  # config says 128
     return files, marker
 
 

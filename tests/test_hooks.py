@@ -29,7 +29,7 @@ def frames(n=32, seed=0):
 
 def make_model(arch="mlp", seed=0, inplace=False):
     torch.manual_seed(seed)
-    model = ActorCritic(arch, hidden=32)
+    model = ActorCritic(arch, hidden=32, shared_layers=0)
     if inplace:
         for tower in (model.actor, model.critic):
             for i, layer in enumerate(tower.torso):

@@ -14,7 +14,7 @@ from breakout_ppo.ppo import collect_rollout, forward, ppo_loss, ppo_update
 def rollout_and_model(seed=0, **overrides):
     config = preset("smoke", **overrides)
     torch.manual_seed(seed)
-    model = ActorCritic(config.arch, config.hidden)
+    model = ActorCritic(config.arch, config.hidden, shared_layers=0)
     env = BatchedBreakout(config.num_envs, sticky_action_prob=config.sticky_action_prob,
                           max_episode_steps=config.max_episode_steps, seed=seed)
     rollout, _, _ = collect_rollout(model, env, env.reset(), config, torch.Generator().manual_seed(seed))
