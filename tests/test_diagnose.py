@@ -10,6 +10,7 @@ import copy
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -31,12 +32,15 @@ from instruments.judge.diagnose import (
     diagnose,
     effective_count,
     entropy_collapse,
+    evidence,
     failure_hot_spots,
+    first_wall_barrier,
+    lane,
     play_fresh_rollout,
     tunnel_vision,
     value_stuck,
 )
-from instruments.measure.heatmap import failure_heatmap, policy_from_model
+from instruments.measure.heatmap import NUM_OFFSETS, FailureHeatmap, failure_heatmap, policy_from_model
 from instruments.measure.scripted import follow_ball_policy
 
 # 40 updates of 512 games (about 12 s on a loaded core): long enough for the critic to track the
@@ -230,3 +234,68 @@ def test_a_run_trained_without_the_entropy_term_is_diagnosed(monkeypatch, tmp_pa
     heatmap = failure_heatmap(policy_from_model(model), episodes=16)
     diagnosis = diagnose(model, saved, heatmap, rollout=small_rollout(model))
     assert "dead_entropy_term" in [f.name for f in diagnosis.fired]
+
+
+# ---------------------------------------------------------------------------------------------
+# The first-wall barrier and the lane, on heatmaps whose counts are written by hand
+
+
+def counted_heatmap(bricks_left, refills, lost, ball_paths=()):
+    """A FailureHeatmap of len(lost) episodes with the given ends; `ball_paths` is one list of
+    (row, column) cells per lost episode, frame age 0 first."""
+    n = len(lost)
+    ball = np.zeros((8, GRID, GRID), dtype=np.int64)
+    for path in ball_paths:
+        for age, (row, column) in enumerate(path):
+            ball[age, row, column] += 1
+    return FailureHeatmap(
+        last_k=8, max_episode_steps=10_000, sticky_action_prob=0.1,
+        returns=np.zeros(n, np.float32), lengths=np.full(n, 100), lost=np.array(lost), truncated=~np.array(lost),
+        bricks_left=np.array(bricks_left), refills=np.array(refills), ball_before_loss=ball,
+        paddle_before_loss=np.zeros((8, GRID), np.int64), offset_before_loss=np.zeros((8, NUM_OFFSETS), np.int64),
+        ball_all_frames=np.zeros((GRID, GRID), np.int64), paddle_all_frames=np.zeros(GRID, np.int64),
+        offset_all_frames=np.zeros(NUM_OFFSETS, np.int64))
+
+
+def test_first_wall_barrier_counts_episodes_lost_on_a_nearly_cleared_first_wall():
+    # 100 episodes: 60 lost on the first wall with 2 bricks left, 10 on it with 20 left (a young
+    # agent's loss), 20 lost after a refill with 1 left, 10 truncated.
+    bricks = [2] * 60 + [20] * 10 + [1] * 20 + [0] * 10
+    refills = [0] * 70 + [1] * 20 + [3] * 10
+    lost = [True] * 90 + [False] * 10
+    finding = first_wall_barrier(counted_heatmap(bricks, refills, lost))
+    assert finding.value == pytest.approx(60 / 100) and finding.fired
+    assert finding.details["losses_before_first_refill"] == 70
+    assert finding.details["bricks_left_at_first_wall_losses"][2] == 60
+    young = first_wall_barrier(counted_heatmap([20] * 90 + [2] * 10, [0] * 100, [True] * 100))
+    assert young.value == pytest.approx(0.1) and not young.fired
+    assert first_wall_barrier(counted_heatmap([2] * 5, [0] * 5, [True] * 5)).verdict == "not judged"
+
+
+def test_lane_is_the_share_of_losses_down_the_commonest_path():
+    down_left = [(8, 0), (7, 1), (6, 2), (5, 3), (4, 4)]  # frame age 0 first: the ball came down-left
+    down_right = [(8, 9), (7, 8), (6, 7), (5, 6), (4, 5)]
+    # 70 losses down one diagonal, 30 spread: 10 down the mirrored one, 20 ending in the middle
+    # after the same first cells (age 3 shared with the lane, age 0 not).
+    ending_elsewhere = [(8, 5), (7, 4), (6, 3), (5, 3), (4, 4)]
+    paths = [down_left] * 70 + [down_right] * 10 + [ending_elsewhere] * 20
+    finding = lane(counted_heatmap([10] * 100, [0] * 100, [True] * 100, paths))
+    assert finding.details["share_per_frame"] == [0.7, 0.7, 0.7, 0.9]
+    assert finding.value == pytest.approx(0.7) and finding.fired
+    assert finding.details["lane_cells"] == [[8, 0], [7, 1], [6, 2], [5, 3]]
+    assert "(8,0) (7,1) (6,2) (5,3)" in evidence(finding) and "of 100 losses" in evidence(finding)
+    # Two mirrored lanes, half each, as a random policy's: no single lane.
+    mirrored = lane(counted_heatmap([10] * 100, [0] * 100, [True] * 100, [down_left] * 50 + [down_right] * 50))
+    assert mirrored.value == pytest.approx(0.5) and not mirrored.fired
+
+
+def test_a_fired_finding_shows_its_evidence_and_links_its_figure_on_the_page():
+    from instruments.show.pages import finding_html
+
+    bricks, refills, lost = [1] * 80 + [25] * 20, [0] * 100, [True] * 100
+    fired = first_wall_barrier(counted_heatmap(bricks, refills, lost))
+    assert fired.fired and evidence(fired).startswith("80 of 100 episodes lost on the first wall")
+    html = finding_html(fired)
+    assert "evidence: 80 of 100 episodes" in html and 'href="#failures"' in html
+    quiet = first_wall_barrier(counted_heatmap([25] * 100, refills, lost))
+    assert not quiet.fired and "evidence:" not in finding_html(quiet)

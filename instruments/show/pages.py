@@ -46,7 +46,7 @@ from instruments.inspection_dir import (
     read_json,
 )
 from instruments.judge.compare import SIGNIFICANT_MARK, Comparison, diagnosis_rows, evaluation_rows, paired_findings
-from instruments.judge.diagnose import Diagnosis, format_number
+from instruments.judge.diagnose import Diagnosis, evidence, format_number
 from instruments.show.html_kit import Section, esc, image, matplotlib_png, page, png_figure, table, video
 
 REPORT_NAME = "report.html"
@@ -86,17 +86,34 @@ def verdict_badge(f) -> str:
     return f'<span class="badge {kind}">{esc(f.verdict)}</span>'
 
 
+FINDING_FIGURES = {
+    "value_stuck": ("traces", "the value trace"), "entropy_collapse": ("traces", "the action probabilities"),
+    "tunnel_vision": ("saliency", "the mean saliency"), "failure_hot_spots": ("failures", "the failure heatmap"),
+    "first_wall_barrier": ("failures", "the failure heatmap (bricks left at each loss)"),
+    "lane": ("failures", "the failure heatmap (the ball's last cells)"),
+}
+"""The section of the inspection page whose figure shows what a finding measured."""
+
+
 def finding_html(f) -> str:
-    """One finding of `instruments.judge.diagnose`: title, verdict, value against threshold, advice."""
+    """One finding of `instruments.judge.diagnose`: title, verdict, value against threshold, advice;
+    a fired one also its evidence (the cells or figures that made it fire) and a link to its figure."""
     details = ""
     if f.details:
         rows = [(esc(k), esc(json.dumps(v) if isinstance(v, (dict, list)) else format_number(v)))
                 for k, v in f.details.items()]
         details = f"<details><summary>details</summary>{table(rows)}</details>"
+    shown = ""
+    if f.fired:
+        shown = f'<p class="evidence">evidence: {esc(evidence(f))}'
+        if f.name in FINDING_FIGURES:
+            anchor, words = FINDING_FIGURES[f.name]
+            shown += f' &middot; see <a href="#{anchor}">{esc(words)}</a>'
+        shown += "</p>"
     return (f'<div class="finding{" fired" if f.fired else ""}"><h3>{esc(f.title)}'
             f"{verdict_badge(f)}</h3>"
             f"<div>value <b>{format_number(f.value)}</b> &middot; fires when {esc(f.comparison)} "
-            f"{format_number(f.threshold)}</div><p class=\"advice\">{esc(f.shown_advice)}</p>{details}</div>")
+            f"{format_number(f.threshold)}</div>{shown}<p class=\"advice\">{esc(f.shown_advice)}</p>{details}</div>")
 
 
 def diagnosis_section(diagnosis: dict | None) -> Section:
