@@ -340,8 +340,12 @@ def inspect(checkpoint, episodes, out_dir, seed, max_video_steps, tensorboard, d
     click.echo(f"update code: {result.entropy_check}")
     fired = len(result.diagnosis.fired)
     click.echo(f"diagnosis: {fired} of {len(result.diagnosis.findings)} findings fired (!! marks them)")
-    for line in result.diagnosis.to_lines():
+    from instruments.judge.diagnose import evidence
+
+    for finding, line in zip(result.diagnosis.findings, result.diagnosis.to_lines()):
         click.echo(f"  {line}")
+        if finding.fired:  # what made it fire: the cells, counts or figures behind the value
+            click.echo(f"       evidence: {evidence(finding)}")
     click.echo(f"files in {result.out_dir}:")
     for name, path in result.files.items():
         click.echo(f"  {name:14} {Path(path).name}")
