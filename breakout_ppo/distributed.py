@@ -179,15 +179,26 @@ class Ranks:
 
     # --- Python objects, through the gloo group -------------------------------------------------
 
-    def first_error(self, message: str | None) -> str | None:
+    def first_error(self, message: str | None, config=None) -> str | None:
         """Every rank's verdict in, the first rank's error (by rank) out: all ranks then go on or
-        stop together, whichever rank found the problem."""
+        stop together, whichever rank found the problem. With `config`, a rank started with other
+        flags than rank 0 (a typo on one machine's command line) is an error too."""
         if self.size == 1:
             return message
         verdicts = [None] * self.size
         with self._collective("agreement"):
-            dist.all_gather_object(verdicts, message, group=self.objects_group)
-        return next((verdict for verdict in verdicts if verdict is not None), None)
+            dist.all_gather_object(verdicts, (message, None if config is None else config.to_dict()),
+                                   group=self.objects_group)
+        error = next((verdict for verdict, _ in verdicts if verdict is not None), None)
+        if error is not None or config is None:
+            return error
+        first = verdicts[0][1]
+        for rank, (_, flags) in enumerate(verdicts):
+            differing = [name for name in first if flags.get(name) != first[name]]
+            if differing:
+                return (f"process {rank} was started with other flags than process 0 ({', '.join(differing)}): "
+                        f"every process of a run needs the same flags")
+        return None
 
     def gather_to_writer(self, obj) -> list | None:
         """Every rank's `obj` (CPU tensors and plain values), in rank order, on rank 0; None elsewhere."""

@@ -222,7 +222,7 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, aft
                     raise TrainingError(str(claim_error)) from None
         except (TrainingError, CheckpointError) as found:
             error = found
-        agreed = ranks.first_error(None if error is None else str(error))  # all ranks go on, or none does
+        agreed = ranks.first_error(None if error is None else str(error), config)  # all ranks go on, or none does
         if agreed is not None:
             raise error if error is not None and str(error) == agreed else TrainingError(agreed)
         return _train(config, run.path if run is not None else Path(run_dir), ranks, payload=payload, resume=resume,

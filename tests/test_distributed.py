@@ -176,6 +176,13 @@ def test_a_split_that_does_not_divide_is_one_line():
     assert "minibatch of 15" in message and "\n" not in message
 
 
+def test_ranks_started_with_other_flags_all_refuse_in_one_line(two_ranks):
+    for rank in range(2):
+        message = (two_ranks / f"flags{rank}.txt").read_text()
+        assert message == ("process 1 was started with other flags than process 0 (seed): every process of a "
+                           "run needs the same flags")
+
+
 # --- A real run of two ranks ---------------------------------------------------------------------
 
 def recording_train(out: Path, run_dir: Path, num_envs: int, rank: int):
@@ -323,4 +330,9 @@ if __name__ == "__main__":  # one rank of the `two_ranks` fixture
     (out / "update").mkdir(exist_ok=True)
     worker_update(out / "update")
     recording_train(out, out / "run", num_envs=8, rank=int(os.environ["RANK"]))  # in the group the update joined
+    from breakout_ppo.config import preset
+    from breakout_ppo.distributed import Ranks
+
+    rank = int(os.environ["RANK"])  # as if each machine's command line had another --seed:
+    (out / f"flags{rank}.txt").write_text(Ranks(rank, 2).first_error(None, preset("smoke", seed=rank)) or "")
     torch.distributed.destroy_process_group()
