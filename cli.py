@@ -410,8 +410,9 @@ def sweep(name, preset_name, logdir, storage, seed_count, workers, eval_episodes
     from breakout_ppo.sweep import (OLD_PLAN_FILE, SweepError, SweepInterrupted, SweepPlan, default_storage,
                                     describe_storage_state, open_storage, open_study, parse_search,
                                     requeue_lost_trials, run_states, safe_url, sigterm_stops, start_workers,
-                                    wait_for_workers, work)
+                                    storage_error, wait_for_workers, work)
     from breakout_ppo.sweep_report import write_report
+    from sqlalchemy.exc import SQLAlchemyError
 
     values = {k: tuple(None if x == NO_LIMIT else x for x in v) for k, v in values.items() if v is not None}
     seeds = values.pop("seed", None)
@@ -465,6 +466,9 @@ def sweep(name, preset_name, logdir, storage, seed_count, workers, eval_episodes
                                "above says why)", err=True)
     except SweepError as error:
         raise click.ClickException(str(error)) from None
+    except SQLAlchemyError as error:  # the database went away mid-sweep: trials running here go stale
+        raise click.ClickException(f"lost the storage {safe_url(storage_url)}: {storage_error(error, storage_url)}; "
+                                   "run the same command again once it is back") from None
     except (SweepInterrupted, KeyboardInterrupt) as stopped:
         click.echo(f"interrupted: {stopped or 'stopped'}; run the same command again to resume", err=True)
         sys.exit(128 + getattr(stopped, "signum", signal.SIGINT))

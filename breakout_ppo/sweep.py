@@ -282,9 +282,12 @@ def safe_url(url: str) -> str:
         return url.split("://", 1)[0] + "://..."
 
 
-def _hide_password(message: str, url: str) -> str:
+def storage_error(error: Exception, url: str) -> str:
+    """The first line of a database error, from the driver's own message, with no password in it."""
     from sqlalchemy.engine import make_url
 
+    lines = str(getattr(error, "orig", None) or error).strip().splitlines()
+    message = lines[0] if lines else type(error).__name__
     try:
         password = make_url(url).password
     except Exception:
@@ -344,8 +347,7 @@ def open_storage(url: str, heartbeat: int = 60, max_retries: int = 2):
                              "a postgresql+psycopg:// URL") from None
         raise SweepError(f"storage {safe_url(url)}: {error}") from None
     except Exception as error:
-        reason = _hide_password(str(getattr(error, "orig", None) or error), url).strip().splitlines()
-        raise SweepError(f"cannot open storage {safe_url(url)}: {reason[0] if reason else type(error).__name__}") from None
+        raise SweepError(f"cannot open storage {safe_url(url)}: {storage_error(error, url)}") from None
     if sqlite:
         _serialise_sqlite(storage.engine, event)
     return storage
@@ -616,11 +618,17 @@ def work(study, storage, plan: SweepPlan, sweep_dir, device: str = "cpu", max_re
             with Heartbeat(storage, trial, trial_id, storage.get_heartbeat_interval()) as heartbeat:
                 summary = run_trial(trial, name, config, sweep_dir / name, plan.eval_episodes, device, heartbeat,
                                     echo, prune)
+            study.tell(trial, summary["mean"])
         except KeyboardInterrupt as stop:  # the checkpoint stands; the next run of the command resumes it
             trial.set_user_attr("stopped", "interrupted")
             put_back(study, study.tell(trial, state=TrialState.FAIL), "interrupted", max_retries, counts=False)
             raise SweepInterrupted(f"trial {trial.number} ({name}) stopped with its checkpoint and queued again",
                                    getattr(stop, "signum", signal.SIGINT)) from None
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Our heartbeat came late (a starved machine, a storage outage) and another worker failed
+            # the trial as stale: its copy is queued, and the run directory's lock keeps the two apart.
+            echo(f"trial {trial.number} {name} was failed as stale while it ran here; its copy in the queue stands")
+            continue
         except optuna.TrialPruned as pruned:
             study.tell(trial, state=TrialState.PRUNED)
             echo(f"pruned trial {trial.number} {name}: {pruned}")
@@ -634,7 +642,6 @@ def work(study, storage, plan: SweepPlan, sweep_dir, device: str = "cpu", max_re
             echo(f"FAILED trial {trial.number} {name}: {why}" +
                  ("; queued again" if retried else f"; given up after {1 + max_retries} attempts"))
             continue
-        study.tell(trial, summary["mean"])
         outcome.finished.append(name)
         echo(f"done trial {trial.number} {name}: return {summary['mean']:.2f} ± {summary['ci95']:.2f}")
 
