@@ -1,8 +1,10 @@
 """Sweeps when workers die: a SIGKILLed worker's trial is taken over by a live worker and resumed
-from its checkpoint, on SQLite and on PostgreSQL (a throwaway cluster; skipped without PostgreSQL
-locally, failed under CI=true); a killed command takes its worker processes with it."""
+from its checkpoint on PostgreSQL (a throwaway cluster; skipped without PostgreSQL locally, failed
+under CI=true), or by a rerun on SQLite; a killed command takes its worker processes with it;
+SIGTERM stops every worker with its checkpoint."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,14 +39,6 @@ def postgres_url():
         pytest.skip(f"{missing} is not installed")
     with postgres_cluster(bindir) as url:
         yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def storage_url(request, tmp_path):
-    """A storage URL, and the study name to use on it."""
-    if request.param == "sqlite":
-        return default_storage(tmp_path / "s")
-    return request.getfixturevalue("postgres_url")
 
 
 def sweep_command(tmp_path, storage, *args):
@@ -88,7 +82,9 @@ def is_gone(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_a_killed_workers_trial_is_taken_over_and_resumed_from_its_checkpoint(storage_url, tmp_path):
+def test_a_killed_workers_trial_is_taken_over_and_resumed_from_its_checkpoint(postgres_url, tmp_path):
+    """On PostgreSQL (SQLite's takeover: the rerun test below; its resume: test_sweep's partial run)."""
+    storage_url = postgres_url
     total, every = 60 * UPDATE, 5
     command = sweep_command(tmp_path, storage_url, "--ent-coef", "0,0.1", "--seeds", "1", "--steps", str(total),
                             "--checkpoint-every", str(every))
@@ -119,7 +115,7 @@ def test_a_killed_workers_trial_is_taken_over_and_resumed_from_its_checkpoint(st
     out_b.seek(0)
     output = out_b.read()
     assert "s3cret" not in output
-    assert output.startswith("sweep ") and ("sweeper:***@" in output.splitlines()[0]) == ("s3cret" in storage_url)
+    assert output.startswith("sweep ") and "sweeper:***@127.0.0.1" in output.splitlines()[0]
 
     trials = study.get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -194,3 +190,29 @@ def test_sigterm_stops_every_worker_with_its_checkpoint_and_queues_its_trial_aga
     for trial in stopped:
         checkpoint = Path(trial.user_attrs["run_dir"]) / "checkpoint.pt"
         assert load_checkpoint(checkpoint, resumable=True)["global_step"] >= UPDATE
+
+
+@pytest.mark.slow
+def test_a_rerun_takes_over_a_dead_workers_trial_and_starts_afresh_where_its_run_directory_is_gone(tmp_path):
+    storage = default_storage(tmp_path / "s")
+    command = sweep_command(tmp_path, storage, "--seeds", "1", "--steps", str(40 * UPDATE), "--checkpoint-every", "5")
+    name = command[command.index("--name") + 1]
+    dead = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        study = load_study_when_created(open_storage(storage), name)
+        trial = wait_for(lambda: next((t for t in running_trials(study) if "run_dir" in t.user_attrs), None),
+                         what="the worker to take its trial")
+        run_dir = Path(trial.user_attrs["run_dir"])
+        wait_for(lambda: (run_dir / "checkpoint.pt").exists(), what="its first checkpoint")
+        os.kill(dead.pid, signal.SIGKILL)
+        dead.wait()
+    finally:
+        dead.kill()
+    shutil.rmtree(run_dir)  # as on another machine, without a shared --logdir
+    rerun = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"taking over trial {trial.number} (its worker stopped sending heartbeats); no checkpoint reachable " \
+           f"in {run_dir}, starting afresh" in rerun.stdout
+    first, taken = study.get_trials()
+    assert (first.state, taken.state) == (TrialState.FAIL, TrialState.COMPLETE)
+    assert taken.user_attrs["resumed_from_step"] == 0 and taken.user_attrs["steps_trained"] == 40 * UPDATE
