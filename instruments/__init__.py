@@ -1,4 +1,5 @@
-"""Instruments that watch a model through hooks; `breakout_ppo` never imports this package.
+"""Instruments that watch a model through hooks; of `breakout_ppo` only its command line (`cli.py`)
+imports this package, inside the commands that run instruments.
 
 The flow, one folder a stage:
 

@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import cli
+from breakout_ppo import cli
 from breakout_ppo.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,3 +193,17 @@ def test_every_config_flag_shows_its_default_in_help():
         assert option.help.endswith(f"[default: {cli.shown_default(fields[name])}]"), (name, option.help)
     help_text = " ".join(run("train", "--help").output.split())
     assert "[default: 14,000,000]" in help_text and "[default: on]" in help_text
+
+
+def test_the_installed_console_command_is_the_same_command_line():
+    script = Path(sys.executable).parent / "breakout-ppo"
+    if not script.exists() and os.environ.get("CI") != "true":
+        pytest.skip("this environment was installed before the console script existed: pip install -e . again")
+    result = subprocess.run([str(script), "train", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Usage: breakout-ppo train" in result.stdout and "[default: 14,000,000]" in " ".join(result.stdout.split())
+    # `python cli.py` in a clone is a thin entry to the same group.
+    thin = subprocess.run([sys.executable, "cli.py", "train", "--help"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert thin.stdout.startswith("Usage: cli.py train")
+    assert thin.stdout.split("Options:", 1)[1] == result.stdout.split("Options:", 1)[1]

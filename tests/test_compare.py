@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from scipy import stats
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import cli
+from breakout_ppo import cli
 from breakout_ppo.evaluate import EvalResult
 from support.headless_chromium import chromium_or_skip, probe_page, screenshot
 from instruments.judge.compare import (

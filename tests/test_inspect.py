@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import cli
+from breakout_ppo import cli
 from instruments.judge.diagnose import FINDING_NAMES, Diagnosis
 
 

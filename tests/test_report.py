@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import cli
+from breakout_ppo import cli
 from support.headless_chromium import chromium_or_skip, probe_page, screenshot
 
 EPISODES = 16

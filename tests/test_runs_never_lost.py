@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import cli
+from breakout_ppo import cli
 from breakout_ppo.checkpoint import load_checkpoint
 from breakout_ppo.config import preset
 from breakout_ppo.train import TrainingError, train

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 from scipy import stats
 
-import cli
+from breakout_ppo import cli
 from breakout_ppo.checkpoint import load_checkpoint
 from breakout_ppo.stats import mean_ci, welch
 from breakout_ppo.sweep import SweepPlan, default_storage, open_storage
