@@ -543,11 +543,12 @@ def report(path, inspect_first, episodes, device):
     """One self-contained HTML page to share: of a run (runs/<run>: learning curves and its latest
     inspection), or of an inspection directory (rebuilt from its files)."""
     from breakout_ppo.events import damaged_event_files
+    from instruments.inspection_dir import INSPECT_DIR_NAME, SUMMARY_JSON
     from instruments.show.pages import ReportError, check_run_dir, write_inspection_report, write_run_report
 
     try:
         with one_line_errors():
-            if (path / "summary.json").is_file() and not inspect_first:
+            if (path / SUMMARY_JSON).is_file() and not inspect_first:
                 page = write_inspection_report(path)
             else:
                 check_run_dir(path)
@@ -557,8 +558,8 @@ def report(path, inspect_first, episodes, device):
                     checkpoint = path / "checkpoint.pt"
                     require_checkpoint(checkpoint)
                     click.echo(f"inspecting {checkpoint}: {episodes} episodes", err=True)
-                    with removed_on_failure(path / "inspect"):
-                        inspect_agent(checkpoint, path / "inspect", episodes=episodes,
+                    with removed_on_failure(path / INSPECT_DIR_NAME):
+                        inspect_agent(checkpoint, path / INSPECT_DIR_NAME, episodes=episodes,
                                       device=resolve_device(device), tensorboard_dir=path)
                 page = write_run_report(path)
                 for problem in damaged_event_files(path):

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from breakout_ppo.checkpoint import load_checkpoint
 from breakout_ppo.sweep import default_storage, open_storage
-from postgres import postgres_bindir, postgres_cluster
+from support.postgres import postgres_bindir, postgres_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
