@@ -67,9 +67,11 @@ OLD_DEFAULT = dict(hidden=64, shared_layers=0, clip_value=True, partial_wall_sta
 VISIBLE_FROM_ROW = 7
 """The tunnel-vision patient sees rows 7-9 only: the ball in its last three rows before the paddle."""
 
-PLATEAU_RETURN, PLATEAU_WINDOW = 30.0, 1_000_000
-"""first_wall_plateau: training return below 30 (a wall is 30 bricks) at the snapshot and no higher
-than it was PLATEAU_WINDOW steps earlier (+1 for noise)."""
+PLATEAU_RETURN, PLATEAU_WINDOW, PLATEAU_GAIN = 30.0, 1_000_000, 3.0
+"""first_wall_plateau: training return below 30 (a wall is 30 bricks) at the snapshot and less than 3
+higher than PLATEAU_WINDOW steps earlier. (First +1: with 8-update windows that is within the noise of
+one curve, and it called old-s1 at 23.8, up from ~22 a million steps before, healthy; the default
+preset's agents gained 10-15 over the same stretch.)"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +115,7 @@ def curve_label(curve: list[tuple[int, float]], step: int) -> str:
         window = [r for t, r in curve if s - 8 * 16384 < t <= s]
         return sum(window) / len(window) if window else float("nan")
     now, before = around(step), around(step - PLATEAU_WINDOW)
-    return "first_wall_plateau" if now < PLATEAU_RETURN and now <= before + 1 else "healthy"
+    return "first_wall_plateau" if now < PLATEAU_RETURN and now < before + PLATEAU_GAIN else "healthy"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,7 +257,7 @@ def train_command(names: list[str]) -> None:
 # ---------------------------------------------------------------------------------------------
 # Evaluation
 
-FIGURES_VERSION = 3
+FIGURES_VERSION = 4
 """Bump when a finding's figure changes: the cached figures (diagnosis_corpus/figures.json) are remeasured."""
 
 EXPECTED = {
@@ -284,9 +286,9 @@ def measure_agent(entry: dict, episodes: int) -> dict:
     with patched("entropy_cut" if entry["patch"] == "entropy_cut" else None):
         heatmap = failure_heatmap(policy_from_model(model), episodes=episodes,
                                   sticky_action_prob=config.sticky_action_prob)
-        # A quarter of inspect's rollout (128 games, 512 steps kept): the corpus is measured on a
+        # An eighth of inspect's rollout (64 games, 512 steps kept): the corpus is measured on a
         # shared 2-core machine.
-        rollout = play_fresh_rollout(model, config, num_envs=128, warmup_steps=128, steps=512)
+        rollout = play_fresh_rollout(model, config, num_envs=64, warmup_steps=128, steps=512)
         diagnosis = diagnose(model, config, heatmap, rollout=rollout)
     lost_first_wall = heatmap.lost & (heatmap.refills == 0)
     return {
@@ -305,7 +307,7 @@ def shipped_thresholds() -> dict:
     from instruments.judge import diagnose as d
     return {"value_stuck": (d.VALUE_SPREAD_RATIO, "<"), "entropy_collapse": (d.ENTROPY_FRACTION, "<"),
             "tunnel_vision": (d.BLIND_BALL_SHARE, ">"), "failure_hot_spots": (d.LOSS_COLUMN_COUNT, "<"),
-            "first_wall_barrier": (d.FIRST_WALL_SHARE, ">"), "lane": (d.LANE_SHARE, ">"),
+            "first_wall_barrier": (d.FIRST_WALL_BRICKS, "<"), "lane": (d.LANE_SHARE, ">"),
             "dead_entropy_term": (1e-6, "<"), "dead_units": (d.DEAD_UNIT_SHARE, ">")}
 
 
@@ -322,7 +324,8 @@ def role(label: str, finding: str) -> str:
 
 def fit_threshold(finding: str, comparison: str, shipped: float, agents: list[dict], figures: dict) -> dict:
     """The threshold that best splits the fit part: fewest errors (a must that stays silent, a must-not
-    that fires); among equals, the midpoint of the widest gap, then the one nearest the shipped value."""
+    that fires); among equals, the midpoint of the widest gap between measured values (or, for a finding
+    no label of the corpus must fire, the one nearest the shipped value)."""
     values = {r: [figures[a["name"]]["findings"][finding]["value"] for a in agents if role(a["label"], finding) == r]
               for r in ("must", "must_not")}
     values = {r: sorted(v for v in vs if v is not None and v == v) for r, vs in values.items()}
@@ -338,7 +341,10 @@ def fit_threshold(finding: str, comparison: str, shipped: float, agents: list[di
     def gap(t):  # distance to the nearest measured value on either side
         return min((abs(v - t) for v in points), default=0.0)
 
-    best = min(candidates, key=lambda t: (errors(t), -gap(t), abs(t - shipped)))
+    if values["must"]:  # the widest margin between what must fire and what must not
+        best = min(candidates, key=lambda t: (errors(t), -gap(t), abs(t - shipped)))
+    else:  # nothing in the corpus must fire it: move the shipped value only as far as a false alarm needs
+        best = min(candidates, key=lambda t: (errors(t), abs(t - shipped)))
     return {"threshold": best, "comparison": comparison, "fit_errors": errors(best), "shipped": shipped,
             "shipped_fit_errors": errors(shipped), "must": values["must"], "must_not": values["must_not"]}
 
@@ -437,7 +443,7 @@ def main(argv=None) -> None:
     train.add_argument("names", nargs="*")
     commands.add_parser("list", help="Print the trainings and whether the manifest has them.")
     evaluate = commands.add_parser("evaluate", help="Measure every agent, fit thresholds, print the confusion table.")
-    evaluate.add_argument("--episodes", type=int, default=500)
+    evaluate.add_argument("--episodes", type=int, default=256)
     evaluate.add_argument("--json", dest="json_path", type=Path,
                           default=ROOT / "docs" / "measurements" / "diagnosis_corpus_2026-12-07.json")
     args = parser.parse_args(argv)
