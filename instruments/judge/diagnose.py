@@ -23,7 +23,9 @@ running the code's real update step (`breakout_ppo.preflight`), since a checkpoi
 
 The thresholds are module constants; each docstring says why that value. "Healthy" and "broken"
 there are the default preset, seed 1, 14M steps, trained as is (`python cli.py train`) and with
-the entropy term cut out of the optimised loss (`benchmarks/broken_agent.py`).
+the entropy term cut out of the optimised loss (`benchmarks/broken_agent.py`). "The diagnosis
+corpus" is `benchmarks/diagnosis_corpus.py`: 33 short-trained real agents with a label each,
+thresholds fitted on seeds 1-2 and judged on seeds 3-4 (docs/studies/2026-12-07-diagnosis-corpus.md).
 """
 
 from __future__ import annotations
@@ -52,7 +54,11 @@ as the return does (measured: healthy 0.81 and 0.95, broken 0.96 and 0.95, seeds
 that outputs the same value everywhere has ratio 0. Below 0.3 the value moves less than a third as
 much as the return it predicts, so even perfectly correlated it explains at most about half the
 return's variance (explained variance <= 2r - r^2 = 0.51); the details give the explained
-variance itself."""
+variance itself. On the diagnosis corpus (docs/studies/2026-12-07-diagnosis-corpus.md): critics
+trained with `--vf-coef 0` 0.17-0.37 (their heads follow the shared torso's features), every other
+agent with live units 0.40-0.96 (the youngest 0.48-0.55). The fit part puts the threshold at 0.39,
+which would leave 0.006 to a held-out agent; 0.3 stays and misses the 0.37 critic. The explained
+variance separates them better (those critics -0.19 to 0.05, every other agent 0.12 or more)."""
 
 ENTROPY_FRACTION = 0.15
 """entropy_collapse fires below this fraction of the maximum entropy (log 3 nats) on the frames
@@ -60,7 +66,9 @@ just before a lost ball: there the agent is wrong, and a policy still certain of
 stopped exploring where it most needs to. 0.15 of log 3 is a policy putting 97% on one action.
 Measured: healthy 0.29 and 0.35, broken 0.075 and 0.058 (seeds 1 and 2); 0.15 is halfway between
 0.075 and 0.29 on a log scale. Runs of 3M steps keep 0.21-0.27 even with ent_coef 0: the collapse
-takes the full schedule without the bonus."""
+takes the full schedule without the bonus. On the diagnosis corpus: the bonus with the wrong sign
+0.067-0.093, every other agent 0.22 or more (entropy cut at 1.5M steps 0.27-0.37: not collapsed
+yet); the middle of the fit part's gap is 0.17, and 0.15 stays."""
 
 BLIND_BALL_SHARE = 0.3
 """tunnel_vision fires when more than this share of the ball's visits fall on cells the policy is
@@ -93,7 +101,9 @@ DEAD_UNIT_SHARE = 0.5
 network then computes with less than half its width. Fewer are not yet a fault: the 14M-step
 agents have 1-4% (healthy 4 and 7 of 256, broken 2 and 9), but briefly trained ones (a few
 hundred thousand steps at the default step size) measured 12-31%: units silent on the early walls
-those agents reach, which wake again on the states that come later in training."""
+those agents reach, which wake again on the states that come later in training. On the diagnosis
+corpus: step size 0.1 0.95-1.0, 0.03 without the bonus 0.56-0.64, every other agent 0.11 or less;
+the fit part would take anything from 0.11 to 0.56, and 0.5 stays for the young agents above."""
 
 FIRST_WALL_BRICKS = 4
 """first_wall_barrier fires when the median number of bricks (of 30) still standing when a ball is lost
