@@ -67,8 +67,8 @@ stopped exploring where it most needs to. 0.15 of log 3 is a policy putting 97% 
 Measured: healthy 0.29 and 0.35, broken 0.075 and 0.058 (seeds 1 and 2); 0.15 is halfway between
 0.075 and 0.29 on a log scale. Runs of 3M steps keep 0.21-0.27 even with ent_coef 0: the collapse
 takes the full schedule without the bonus. On the diagnosis corpus: the bonus with the wrong sign
-0.067-0.093, every other agent 0.22 or more (entropy cut at 1.5M steps 0.27-0.37: not collapsed
-yet); the middle of the fit part's gap is 0.17, and 0.15 stays."""
+0.067-0.093, every other agent 0.21 or more (entropy cut at 1.5M steps 0.27-0.37: not collapsed
+yet); the middle of the fit part's gap (0.088 against 0.21) is 0.15."""
 
 BLIND_BALL_SHARE = 0.3
 """tunnel_vision fires when more than this share of the ball's visits fall on cells the policy is
@@ -103,7 +103,7 @@ agents have 1-4% (healthy 4 and 7 of 256, broken 2 and 9), but briefly trained o
 hundred thousand steps at the default step size) measured 12-31%: units silent on the early walls
 those agents reach, which wake again on the states that come later in training. On the diagnosis
 corpus: step size 0.1 0.95-1.0, 0.03 without the bonus 0.56-0.64, every other agent 0.11 or less;
-the fit part would take anything from 0.11 to 0.56, and 0.5 stays for the young agents above."""
+the fit part would take anything from 0.09 to 0.56, and 0.5 stays for the young agents above."""
 
 FIRST_WALL_BRICKS = 4
 """first_wall_barrier fires when the median number of bricks (of 30) still standing when a ball is lost
