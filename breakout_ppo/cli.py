@@ -22,6 +22,8 @@ from breakout_ppo import __version__
 from breakout_ppo.config import ARCHS, PRECISIONS, PRESETS, Config, field_docs, preset
 
 DEFAULT_LOGDIR = Path("runs")
+EXAMPLE_RUN = "example-agent"
+"""Where `inspect --example` writes, under --logdir's default."""
 
 
 def resolve_device(name: str):
@@ -311,7 +313,10 @@ def evaluate(checkpoint, episodes, backend, setting, seed, json_path, device):
 
 
 @cli.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("checkpoint", type=click.Path(path_type=Path), required=False)
+@click.option("--example", is_flag=True,
+              help="Inspect the trained agent that comes with the package (the default preset, seed 1), into "
+                   f"{DEFAULT_LOGDIR}/{EXAMPLE_RUN}/: something to look at before training one.")
 @click.option("--episodes", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Episodes for the failure heatmap, one per env slot.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -323,20 +328,30 @@ def evaluate(checkpoint, episodes, backend, setting, seed, json_path, device):
 @click.option("--tensorboard/--no-tensorboard", default=True, show_default=True,
               help="Also log everything under inspect/ in the checkpoint's run directory.")
 @device_option
-def inspect(checkpoint, episodes, out_dir, seed, max_video_steps, tensorboard, device):
+def inspect(checkpoint, example, episodes, out_dir, seed, max_video_steps, tensorboard, device):
     """Replay an agent: video, saliency, traces, failure heatmap, diagnosis, into files, TensorBoard
     and one HTML page. CHECKPOINT is a checkpoint file or a run directory (its checkpoint.pt)."""
     device = resolve_device(device)
-    if checkpoint.is_dir():
-        checkpoint = checkpoint / "checkpoint.pt"
+    if (checkpoint is None) == (not example):
+        raise click.UsageError("give a CHECKPOINT (a file or a run directory) or --example, one of the two")
+    if example:
+        # The packaged file is read where it lies; everything written goes under runs/, never into
+        # the package (which may be read-only, or a clone's working tree).
+        checkpoint, run_dir = example_agent_path(), DEFAULT_LOGDIR / EXAMPLE_RUN
+        out_dir = out_dir or run_dir / "inspect"
+        tensorboard_dir = run_dir
+    else:
+        if checkpoint.is_dir():
+            checkpoint = checkpoint / "checkpoint.pt"
+        out_dir = out_dir or default_inspection_dir(checkpoint)
+        tensorboard_dir = checkpoint.parent
     require_checkpoint(checkpoint)
     from instruments.inspection import inspect_agent
 
-    out_dir = out_dir or default_inspection_dir(checkpoint)
     with one_line_errors(), removed_on_failure(out_dir):
         result = inspect_agent(checkpoint, out_dir, episodes=episodes, device=device, seed=seed,
                                max_video_steps=max_video_steps,
-                               tensorboard_dir=checkpoint.parent if tensorboard else None)
+                               tensorboard_dir=tensorboard_dir if tensorboard else None)
     h = result.heatmap_summary
     click.echo(f"replayed episode: return {result.episode_return:g} in {result.episode_length} steps")
     click.echo(f"failure heatmap: {h['episodes']} episodes, mean return {h['mean_return']:.2f}, "
@@ -484,6 +499,13 @@ def sweep(name, preset_name, logdir, storage, seed_count, workers, eval_episodes
     if report.missing:
         raise click.ClickException(f"{len(report.missing)} of {report.runs} runs are not complete, e.g. "
                                    f"{report.missing[0]}; run the same command again")
+
+
+def example_agent_path() -> Path:
+    """The model-only file of the agent shipped as package data (breakout_ppo/data/README.md)."""
+    from importlib.resources import files
+
+    return Path(str(files("breakout_ppo") / "data" / "example_agent.pt"))
 
 
 def default_inspection_dir(checkpoint: Path) -> Path:

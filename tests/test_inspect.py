@@ -105,3 +105,36 @@ def test_inspect_takes_a_run_directory_and_gives_each_checkpoint_its_own_folder(
     second = json.loads((run_dir / "inspect-snapshot-90s" / "summary.json").read_text())
     assert Path(first["checkpoint"]).name == "checkpoint.pt"
     assert Path(second["checkpoint"]).name == "snapshot-90s.pt"
+
+
+def test_inspect_example_shows_the_packaged_agent_and_writes_only_under_runs(tmp_path, monkeypatch):
+    from breakout_ppo.checkpoint import load_agent
+
+    agent = cli.example_agent_path()
+    _, config = load_agent(agent)  # a real, loadable agent of the default preset
+    assert config.hidden == 128 and agent.stat().st_size < 1_000_000
+    record = json.loads((agent.parent / "example_agent.json").read_text())
+    assert record["config"] == config.to_dict() and record["evaluation"]["sampled"]["episodes"] == 1024
+    package_files = sorted(p.name for p in agent.parent.iterdir())
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli.cli, ["inspect", "--example", "--episodes", "8", "--max-video-steps", "50"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "runs" / "example-agent" / "inspect" / "report.html").is_file()
+    assert sorted(p.name for p in agent.parent.iterdir()) == package_files  # nothing written into the package
+    assert CliRunner().invoke(cli.cli, ["inspect"]).exit_code == 2  # neither a checkpoint nor --example
+
+
+def test_a_built_wheel_carries_the_example_agent(tmp_path):
+    # What a non-editable install gets: the wheel's files.
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(cli.__file__).resolve().parent.parent
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",
+                            str(tmp_path), str(root)], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-2000:]
+    wheel = next(tmp_path.glob("breakout_ppo-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"breakout_ppo/data/example_agent.pt", "breakout_ppo/data/example_agent.json"} <= names
+    assert any(name.endswith("entry_points.txt") for name in names)
