@@ -70,6 +70,9 @@ def run_all(jobs, logdir: Path, stop_at: int, cores: int) -> dict:
     running leave it room on `cores`; no job overtakes an earlier one. Returns each run's seconds."""
     pending = [job for job in jobs if not finished(logdir, job[2])]
     running, seconds = [], {}
+    for _, _, name in jobs:
+        if (logdir / f"{name}.seconds").exists() and finished(logdir, name):
+            seconds[name] = int((logdir / f"{name}.seconds").read_text())
     while pending or running:
         busy = sum(processes for processes, *_ in running)
         while pending and (busy + pending[0][0] <= cores or not running):
@@ -91,6 +94,7 @@ def run_all(jobs, logdir: Path, stop_at: int, cores: int) -> dict:
             if process.returncode != 0:
                 raise SystemExit(f"{name} failed:\n{(logdir / f'{name}.log').read_text()[-1500:]}")
             seconds[name] = round(time.time() - started)
+            (logdir / f"{name}.seconds").write_text(f"{seconds[name]}\n")  # for a later call that reads it
             print(f"{time.strftime('%H:%M:%S')} finished {name} in {seconds[name]} s", flush=True)
     return seconds
 
