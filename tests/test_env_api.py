@@ -280,6 +280,47 @@ def test_observations_are_one_buffer_updated_in_place():
     assert env.set_state(env.get_state()).data_ptr() == first.data_ptr()
 
 
+def _env_memory(env):
+    """Where each of the env's tensors lives, and every other attribute's value."""
+    tensors = {"game": env.games.game.data_ptr(), "bricks": env.games.bricks.data_ptr()}
+    others = {}
+    for name, value in vars(env).items():
+        if isinstance(value, torch.Tensor):
+            tensors[name] = value.data_ptr()
+        elif not isinstance(value, (tuple, torch.Generator)):
+            others[name] = value
+    return tensors, others
+
+
+def test_every_state_tensor_is_written_in_place_and_no_python_value_changes_per_step():
+    # What a step captured in a CUDA graph needs: replaying it reads and writes the same memory,
+    # so the env must never rebind a tensor, and nothing a step does may hang on a Python value
+    # that changes from step to step. Truncations, losses, refills and partial walls all happen.
+    env = BatchedBreakout(64, sticky_action_prob=0.1, max_episode_steps=30, seed=3, partial_wall_prob=0.5,
+                          random_ball_starts=True)
+    act = random_actions(64, seed=3)
+    env.reset()
+    before = _env_memory(env)
+    saved = env.save_state()
+    ended = 0
+    for _ in range(120):
+        *_, info = env.step(act())
+        ended += int(info.done.sum())
+        assert _env_memory(env) == before
+    assert ended > 64  # every kind of episode end was stepped through
+    env.reset()
+    env.load_state(saved)
+    env.set_state(env.get_state())
+    assert _env_memory(env) == before
+    # What save_state handed out is a copy: stepping on did not change it.
+    again = BatchedBreakout(64, sticky_action_prob=0.1, max_episode_steps=30, seed=3, partial_wall_prob=0.5,
+                            random_ball_starts=True)
+    again.reset()
+    reference = again.save_state()
+    for name in ("episode_return", "episode_length", "partial_start"):
+        assert torch.equal(saved[name], reference[name])
+
+
 def test_get_state_and_set_state_copy():
     env = BatchedBreakout(4, sticky_action_prob=0.0, seed=6)
     env.reset()

@@ -104,6 +104,11 @@ class BatchedBreakout:
     The observation tensor returned by `reset` and `step` is the environment's own buffer, updated
     in place by the next `step` (writing the few cells that change is what makes stepping cheap):
     copy it if you keep it, as a rollout buffer does anyway.
+
+    Every tensor of the env's state (games, episode counters, observation) is allocated once and
+    written in place by `step`, `reset` and `set_state`/`load_state`, and a step depends on no
+    Python value that changes from step to step: so a step captured in a CUDA graph
+    (breakout_ppo/cuda_graphs.py) replays as the step it captured, on the env's current state.
     """
 
     def __init__(self, num_envs, device="cpu", sticky_action_prob=0.1, max_episode_steps=None, seed=0,
@@ -130,18 +135,16 @@ class BatchedBreakout:
         self.episode_refills = zeros.clone()
         self.partial_start = torch.zeros(n, dtype=torch.bool, device=self.device)
         self.games = self._start_games(pack(initial_state(self._random_sides(), last_action=zeros)))
+        self.games = PackedGames(self.games.game.clone(), self.games.bricks.clone())  # owned, written in place
         self._obs = torch.zeros(n, NUM_CHANNELS, GRID, GRID, device=self.device)
         # Each step adds +1 or -1 to a few cells of each game's frame (cells numbered 0..399 in
         # channel, row, column order), all in one scatter that visits each frame once. Columns
-        # 0-2 and 3-5 of `_cells` hold the paddle, ball and trail cells: one triple the cells lit
-        # now, which get -1, the other the new ones, which get +1 (a cell that stays lit gets
-        # both); the triples swap roles every step. Column 6 is the brick cell the ball moved
-        # into, which gets -1 if the brick broke and 0 if not.
+        # 0-2 of `_cells` hold the paddle, ball and trail cells lit now, which get -1, columns 3-5
+        # the new ones, which get +1 (a cell that stays lit gets both; adding +-1 to 0 or 1 is
+        # exact in any order); after the scatter the new triple is copied over the old. Column 6
+        # is the brick cell the ball moved into, which gets -1 if the brick broke and 0 if not.
         self._cells = torch.zeros(n, 7, dtype=torch.int64, device=self.device)
-        self._cell_values = torch.tensor(  # [k]: the values when the new cells are columns 3k..3k+2
-            [[1.0, 1.0, 1.0, -1.0, -1.0, -1.0, 0.0], [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 0.0]], device=self.device
-        ).unsqueeze(1).repeat(1, n, 1)
-        self._lit_column = 0
+        self._cell_values = torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 0.0], device=self.device).repeat(n, 1)
         # Paddle, ball and trail: their field's shift and mask in the game word, and the first
         # cell of their channel in a frame.
         self._object_fields = (
@@ -159,8 +162,10 @@ class BatchedBreakout:
 
     @property
     def state(self) -> BreakoutState:
-        """Every game's state, one tensor per field (unpacked on each read)."""
-        return unpack(self.games)
+        """Every game's state, one tensor per field (unpacked on each read, so a copy: the env
+        writes its own tensors in place)."""
+        state = unpack(self.games)
+        return state._replace(bricks=state.bricks.clone())  # unpack hands back the env's own bricks
 
     def _random_sides(self):
         u = torch.rand(self.num_envs, generator=self.generator, device=self.device)
@@ -191,7 +196,8 @@ class BatchedBreakout:
         self.partial_start.zero_()
         if self.partial_wall_prob == 0:
             return games
-        self.partial_start, walls, _ = self._draw_walls()
+        partial, walls, _ = self._draw_walls()
+        self.partial_start.copy_(partial)
         game = games.game
         if self.random_ball_starts:
             game = torch.where(self.partial_start, self._draw_balls(game), game)
@@ -199,7 +205,7 @@ class BatchedBreakout:
 
     def reset(self) -> torch.Tensor:
         """Start a new episode in every game; returns the first observations."""
-        self.games = self._start_games(pack(initial_state(self._random_sides(), self.state.last_action)))
+        self._write_games(self._start_games(pack(initial_state(self._random_sides(), self.state.last_action))))
         self.episode_return.zero_()
         self.episode_length.zero_()
         self.episode_refills.zero_()
@@ -248,11 +254,15 @@ class BatchedBreakout:
             fresh_bricks = torch.where(partial, walls, ALL_BRICKS)
             if self.random_ball_starts:
                 fresh = torch.where(partial, self._draw_balls(fresh), fresh)
-            self.partial_start = torch.where(done, partial, partial_start)
-        self.games = PackedGames(torch.where(done, fresh, game), torch.where(done, fresh_bricks, bricks))
-        self.episode_return = torch.where(done, 0.0, episode_return)
-        self.episode_length = torch.where(done, 0, episode_length)
-        self.episode_refills = torch.where(done, 0, episode_refills)
+            partial_start = partial_start.clone()  # the info keeps the ending episodes' flags
+            self.partial_start.copy_(torch.where(done, partial, partial_start))
+        # Written into the env's own tensors (see the class docstring): step.games, and the
+        # episode counters before the reset, are new tensors the info keeps.
+        self.games.game.copy_(torch.where(done, fresh, game))
+        self.games.bricks.copy_(torch.where(done, fresh_bricks, bricks))
+        self.episode_return.copy_(torch.where(done, 0.0, episode_return))
+        self.episode_length.copy_(torch.where(done, 0, episode_length))
+        self.episode_refills.copy_(torch.where(done, 0, episode_refills))
         self._update_obs(step, step.refill | done)
         if self.partial_wall_prob > 0:
             self._paint_partial_walls(done & partial, standing)
@@ -263,16 +273,14 @@ class BatchedBreakout:
 
     def _update_obs(self, step: PackedStep, bricks_filled):
         """Bring the observation buffer to `self.games` by writing only the cells that change."""
-        cells = self._cells
-        new = 3 - self._lit_column  # the triple of `_cells` that the cells lit from now on go in
+        cells, values = self._cells, self._cell_values
         # Paddle, ball and trail cells of each frame from the game word, in one broadcast.
         shifts, masks, offsets = self._object_fields
-        torch.add((self.games.game.unsqueeze(1) >> shifts) & masks, offsets, out=cells[:, new : new + 3])
+        torch.add((self.games.game.unsqueeze(1) >> shifts) & masks, offsets, out=cells[:, 3:6])
         torch.index_select(self._rules.target_obs_cell, 0, step.ball_dir_index, out=cells[:, 6])
-        values = self._cell_values[new // 3]
         torch.neg(step.reward, out=values[:, 6])  # the reward is 1 exactly where a brick broke
         self._obs.view(self.num_envs, -1).scatter_add_(1, cells, values)
-        self._lit_column = new
+        cells[:, 0:3] = cells[:, 3:6]  # the cells lit now, for the next step to clear
         # Refilled and freshly reset games get full brick rows (a few games per thousand a step).
         if self.device.type == "cpu":
             # On the CPU a data-dependent index waits on nothing: write only the games that need it.
@@ -296,9 +304,12 @@ class BatchedBreakout:
         """Draw the whole observation from the games' state (after a reset or `set_state`)."""
         state = self.state
         self._obs.copy_(render(state))
-        lit = self._lit_column
-        self._cells[:, lit : lit + 3] = object_cells(state)
+        self._cells[:, 0:3] = object_cells(state)
         return self._obs
+
+    def _write_games(self, games: PackedGames) -> None:
+        self.games.game.copy_(games.game)
+        self.games.bricks.copy_(games.bricks)
 
     def get_state(self) -> BreakoutState:
         """A copy of every game's state."""
@@ -309,7 +320,7 @@ class BatchedBreakout:
         for name, value in zip(BreakoutState._fields, state):
             if tuple(value.shape) != (self.num_envs,):
                 raise ValueError(f"state.{name} has shape {tuple(value.shape)}, expected ({self.num_envs},)")
-        self.games = pack(state.to(self.device))
+        self._write_games(pack(state.to(self.device)))
         return self._render_obs()
 
     def save_state(self) -> dict:
@@ -320,7 +331,8 @@ class BatchedBreakout:
         as it is, so its keys are their format. The generator is not in it: a checkpoint keeps it
         with the other random states."""
         saved = {"state": {name: t.cpu() for name, t in self.state._asdict().items()}}
-        saved.update((name, getattr(self, name).cpu()) for name in EPISODE_COUNTERS)
+        # A copy: on the CPU `.cpu()` is the env's own tensor, which the next step overwrites.
+        saved.update((name, getattr(self, name).cpu().clone()) for name in EPISODE_COUNTERS)
         return saved
 
     def load_state(self, saved: dict) -> torch.Tensor:
@@ -333,7 +345,7 @@ class BatchedBreakout:
                 continue
             if tuple(saved[name].shape) != (self.num_envs,):
                 raise ValueError(f"{name} has shape {tuple(saved[name].shape)}, expected ({self.num_envs},)")
-            setattr(self, name, saved[name].to(self.device))
+            getattr(self, name).copy_(saved[name])
         return self._obs
 
     def select(self, rows: torch.Tensor, seed: int) -> "BatchedBreakout":
@@ -347,7 +359,7 @@ class BatchedBreakout:
                                   partial_wall_prob=self.partial_wall_prob, random_ball_starts=self.random_ball_starts)
         smaller.set_state(BreakoutState(*(t.index_select(0, rows) for t in self.get_state())))
         for name in EPISODE_COUNTERS:
-            setattr(smaller, name, getattr(self, name).index_select(0, rows))
+            getattr(smaller, name).copy_(getattr(self, name).index_select(0, rows))
         return smaller
 
     def observe(self) -> torch.Tensor:
