@@ -19,6 +19,8 @@ Nothing is lost when a worker stops:
 - SIGKILL, a crash, a machine gone: the trial's heartbeat stops, any live worker (or a rerun)
   fails it as stale and puts a copy back, and whoever takes the copy resumes from the run's
   `checkpoint.pt` if the run directory is reachable (a shared `--logdir`), else starts afresh.
+  A worker records a trial's heartbeat before it takes the trial, so one killed the moment it took
+  it leaves a trial that goes stale too (Optuna never counts a trial without a heartbeat stale).
 - A trial that fails by itself (NaN, an error) is put back at most `max_retries` times.
 
 SQLite is made safe for several processes by starting every transaction with BEGIN IMMEDIATE:
@@ -540,9 +542,9 @@ class Heartbeat:
 
 
 def take_waiting_trial(study, storage):
-    """(trial, trial id) of the first waiting trial in grid order, now RUNNING, ours and with a first
-    heartbeat (Optuna never finds a trial without one stale); None when none is waiting. Optuna's
-    `ask` would take one too, but makes up a new trial when none is waiting."""
+    """(trial, trial id) of the first waiting trial in grid order, now RUNNING, ours and with a
+    heartbeat; None when none is waiting. Optuna's `ask` would take one too, but makes up a new
+    trial when none is waiting."""
     import optuna
     from optuna.trial import TrialState
 
@@ -550,9 +552,12 @@ def take_waiting_trial(study, storage):
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     for frozen in sorted(waiting, key=lambda t: (t.user_attrs.get("order", math.inf), t.number)):
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
+        # The heartbeat before the claim: Optuna never finds a RUNNING trial without one stale, so a
+        # worker killed between the two would leave its trial running forever. On a trial that stays
+        # waiting (another worker took it first) the heartbeat is inert: only running trials go stale.
+        storage.record_heartbeat(trial_id)
         try:
             if storage.set_trial_state_values(trial_id, TrialState.RUNNING):  # False: another took it
-                storage.record_heartbeat(trial_id)
                 return optuna.Trial(study, trial_id), trial_id
         except optuna.exceptions.UpdateFinishedTrialError:
             continue

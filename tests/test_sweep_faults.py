@@ -1,7 +1,7 @@
 """Sweeps when workers die: a SIGKILLed worker's trial is taken over by a live worker and resumed
 from its checkpoint on PostgreSQL (a throwaway cluster; skipped without PostgreSQL locally, failed
-under CI=true), or by a rerun on SQLite; a killed command takes its worker processes with it;
-SIGTERM stops every worker with its checkpoint."""
+under CI=true), or by a rerun on SQLite, also when it was killed the moment it took the trial; a
+killed command takes its worker processes with it; SIGTERM stops every worker with its checkpoint."""
 
 import os
 import shutil
@@ -16,7 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from breakout_ppo.checkpoint import load_checkpoint
-from breakout_ppo.sweep import default_storage, open_storage
+from breakout_ppo.sweep import SweepPlan, default_storage, open_storage, open_study, work
 from support.postgres import postgres_bindir, postgres_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -216,3 +216,51 @@ def test_a_rerun_takes_over_a_dead_workers_trial_and_starts_afresh_where_its_run
     first, taken = study.get_trials()
     assert (first.state, taken.state) == (TrialState.FAIL, TrialState.COMPLETE)
     assert taken.user_attrs["resumed_from_step"] == 0 and taken.user_attrs["steps_trained"] == 40 * UPDATE
+
+
+def work_until_a_trial_is_taken_then_die(storage_url: str, study_name: str, sweep_dir: str) -> None:
+    """A worker (the sweep's own loop) SIGKILLed the moment its claim on a trial commits, before it
+    does anything else with it. Run in a process of its own (see the test below)."""
+    storage = open_storage(storage_url, heartbeat=1)
+    set_state = storage.set_trial_state_values
+
+    def set_state_then_die(trial_id, state, values=None):
+        taken = set_state(trial_id, state, values)
+        if taken and state == TrialState.RUNNING:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return taken
+
+    storage.set_trial_state_values = set_state_then_die
+    study = optuna.load_study(storage=storage, study_name=study_name)
+    work(study, storage, SweepPlan.from_dict(study.user_attrs["sweep"]), sweep_dir)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_the_moment_it_takes_a_trial_leaves_it_to_be_taken_over(tmp_path):
+    storage_url = default_storage(tmp_path / "s")
+    total = 4 * UPDATE
+    command = sweep_command(tmp_path, storage_url, "--ent-coef", "0,0.1", "--seeds", "1", "--steps", str(total))
+    name = command[command.index("--name") + 1]
+    plan = SweepPlan("smoke", {"ent_coef": (0.0, 0.1), "total_steps": (total,)}, (1,), eval_episodes=8)
+    study = open_study(open_storage(storage_url), name, plan)  # what the command would create
+    dying = subprocess.run(
+        [sys.executable, "-c", "from test_sweep_faults import work_until_a_trial_is_taken_then_die as w; "
+                               f"w({storage_url!r}, {name!r}, {str(tmp_path / name)!r})"],
+        cwd=ROOT / "tests", env=ENV, capture_output=True, text=True, timeout=60)
+    assert dying.returncode == -signal.SIGKILL, dying.stdout + dying.stderr
+    killed, = running_trials(study)  # taken, and no more: no run directory, no training
+    assert "run_dir" not in killed.user_attrs and not (tmp_path / name / killed.user_attrs["run"]).exists()
+
+    # Before the claim carried a heartbeat this trial never went stale: the rerun waited forever.
+    rerun = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    trials = study.get_trials()
+    assert study.trials[killed.number].state == TrialState.FAIL
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.user_attrs["run"] for t in complete) == ["ent_coef=0.0,seed=1", "ent_coef=0.1,seed=1"]
+    assert [t for t in trials if t not in complete] == [study.trials[killed.number]]
+    taken, = [t for t in complete if t.user_attrs.get("previous_trial") == killed.number]
+    assert taken.user_attrs["run"] == killed.user_attrs["run"]
+    assert taken.user_attrs["previous_stop"] == "its worker stopped sending heartbeats"
+    for trial in complete:  # each run trained once, from the start, by the rerun
+        assert (trial.user_attrs["resumed_from_step"], trial.user_attrs["steps_trained"]) == (0, total)
