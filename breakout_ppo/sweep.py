@@ -8,9 +8,12 @@ every worker takes only waiting trials, so each is trained exactly once. A trial
 under `runs/<sweep>/<field=value,...,seed=S>/`, evaluates it and stores the result in the trial
 (the evaluation, the learning and entropy curves), so the report needs the storage alone.
 
-A search (`SweepPlan.search`) enqueues nothing up front: a worker with no waiting trial asks TPE
-for a new one (trained on the first seed, run `trial=N,seed=S`) until `trials` were proposed;
-then the best `confirm` points are enqueued on the other seeds, fresh ones for the report.
+A search (`SweepPlan.search`) enqueues its `trials` trials up front too, on the first seed (run
+`trial=N,seed=S`, N also the trial's number), but without parameters: TPE proposes them when a
+worker takes the trial, so it learns from every result so far, and the queue, not a count that
+workers racing each other could both pass, bounds the search at exactly `trials`. Once every
+search trial is finished the best `confirm` points are enqueued on the other seeds, fresh ones for
+the report.
 
 Nothing is lost when a worker stops:
 - Ctrl-C or SIGTERM: training saves its checkpoint, the trial is marked failed (what Optuna does
@@ -399,12 +402,23 @@ def make_pruner(plan: SweepPlan):
     return optuna.pruners.MedianPruner(n_startup_trials=4) if plan.prune else optuna.pruners.NopPruner()
 
 
-def enqueue_grid(study, plan: SweepPlan) -> None:
-    """One waiting trial per grid point x seed, in grid order (a search enqueues nothing up front)."""
+def enqueue_trials(study, plan: SweepPlan) -> None:
+    """One waiting trial per grid point x seed, in grid order; for a search, one per search trial,
+    on the first seed and without parameters (TPE proposes them when a worker takes the trial).
+    The queue thus holds every trial of the sweep from the start, and workers only take from it."""
     if plan.kind == "grid":
         for order, run in enumerate(plan.runs()):
             study.enqueue_trial(run.params, user_attrs={"run": run.name, "order": order, "attempt": 1},
                                 skip_if_exists=True)
+    else:
+        # skip_if_exists compares parameters, and these have none yet: compare the runs instead.
+        queued = {trial.user_attrs.get("run") for trial in study.get_trials(deepcopy=False)}
+        seed = plan.seeds[0]
+        for number in range(plan.trials):  # the study's first trials: `number` is also the trial's
+            run = f"trial={number},seed={seed}"
+            if run not in queued:
+                study.enqueue_trial({}, user_attrs={"run": run, "order": number, "attempt": 1, "phase": "search",
+                                                    "seed": seed})
     study.set_user_attr("enqueued", True)
 
 
@@ -423,7 +437,7 @@ def open_study(storage, name: str, plan: SweepPlan, sampler_seed: int | None = N
         study = optuna.load_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner)
     else:
         study.set_user_attr("sweep", wanted)
-        enqueue_grid(study, plan)
+        enqueue_trials(study, plan)
         return study
     deadline = time.monotonic() + wait
     while not study.user_attrs.get("enqueued") and time.monotonic() < deadline:
@@ -435,7 +449,7 @@ def open_study(storage, name: str, plan: SweepPlan, sampler_seed: int | None = N
         raise SweepError(f"study {name!r} sweeps another grid or base config ({describe_difference(stored, wanted)}); "
                          "choose another --name")
     if not study.user_attrs.get("enqueued"):  # its creator died half-way
-        enqueue_grid(study, plan)
+        enqueue_trials(study, plan)
     return study
 
 
@@ -583,9 +597,10 @@ def worker_label() -> str:
 
 def work(study, storage, plan: SweepPlan, sweep_dir, device: str = "cpu", max_retries: int = 2,
          echo=print) -> WorkerOutcome:
-    """Train waiting trials (and, in a search, new proposals) until every trial is finished. With
-    none to take while others run, poll: a running trial whose worker died goes stale and is put
-    back, and this worker takes it over. Ctrl-C puts the trial back and raises SweepInterrupted."""
+    """Train waiting trials (a search trial gets TPE's proposal as it is taken) until every trial
+    is finished. With none to take while others run, poll: a running trial whose worker died goes
+    stale and is put back, and this worker takes it over. Ctrl-C puts the trial back and raises
+    SweepInterrupted."""
     import optuna
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
@@ -596,8 +611,6 @@ def work(study, storage, plan: SweepPlan, sweep_dir, device: str = "cpu", max_re
     while True:
         fail_stale_trials(study)  # puts copies of stale trials back (open_storage's callback)
         taken = take_waiting_trial(study, storage)
-        if taken is None and plan.kind == "search":
-            taken = propose_trial(study, storage, plan)
         if taken is None:
             if plan.kind == "search" and enqueue_confirmation(study, plan):
                 continue
@@ -714,31 +727,6 @@ def run_trial(trial, name: str, config: Config, run_dir: Path, eval_episodes: in
 
 # --- searches: TPE's proposals, pruning, and the best points again on fresh seeds --------------
 
-def original_search_trials(study) -> list:
-    """Trials TPE proposed (not the copies put back after a failure, nor the confirmation runs)."""
-    return [t for t in study.get_trials(deepcopy=False)
-            if t.user_attrs.get("phase") != "confirm" and "previous_trial" not in t.user_attrs]
-
-
-def propose_trial(study, storage, plan: SweepPlan):
-    """(trial, trial id) of a new search trial on the first seed, while fewer than `plan.trials`
-    were proposed; None after that. (Two workers asking at the same moment may propose one more.)"""
-    if len(original_search_trials(study)) >= plan.trials:
-        return None
-    with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we beat ourselves
-        warnings.simplefilter("ignore")
-        trial = study.ask()
-    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
-                                                               trial.number)
-    storage.record_heartbeat(trial_id)
-    if "run" not in trial.user_attrs:  # `ask` takes a trial queued meanwhile, if any, before proposing
-        seed = plan.seeds[0]
-        for key, value in {"run": f"trial={trial.number},seed={seed}", "order": trial.number, "attempt": 1,
-                           "phase": "search", "seed": seed}.items():
-            trial.set_user_attr(key, value)
-    return trial, trial_id
-
-
 def enqueue_confirmation(study, plan: SweepPlan) -> bool:
     """Once every search trial is finished: queue the best `plan.confirm` points on the fresh seeds
     (`plan.seeds[1:]`). True if it queued them now."""
@@ -747,7 +735,7 @@ def enqueue_confirmation(study, plan: SweepPlan) -> bool:
     if not plan.confirm or study.user_attrs.get("confirm_enqueued"):
         return False
     search = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("phase") == "search"]
-    if len(original_search_trials(study)) < plan.trials or any(not t.state.is_finished() for t in search):
+    if not search or any(not t.state.is_finished() for t in search):  # all were queued with the study
         return False
     complete = sorted((t for t in search if t.state == TrialState.COMPLETE), key=lambda t: t.value, reverse=True)
     for rank, best in enumerate(complete[:plan.confirm]):

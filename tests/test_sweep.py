@@ -328,6 +328,20 @@ def test_one_worker_with_a_fixed_sampler_seed_proposes_the_same_trials_and_confi
     assert again.exit_code == 0 and "training" not in again.output and len(load(tmp_path / "a").get_trials()) == 5
 
 
+def test_two_workers_racing_through_a_search_train_exactly_its_trials_each_once(tmp_path):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        trials, output = search(tmp_path, "race", "--trials", "4", "--confirm", "0", "--workers", "2")
+    assert sorted(t.user_attrs["run"] for t in trials) == [f"trial={n},seed=1" for n in range(4)]
+    assert [t.number for t in trials] == [0, 1, 2, 3]  # run trial=N is the study's trial N
+    assert {t.state for t in trials} == {TrialState.COMPLETE}
+    assert len({t.user_attrs["worker"] for t in trials}) == 2, output  # both took trials
+    for trial in trials:  # TPE proposed each one point, trained once
+        assert set(trial.params) == {"ent_coef", "learning_rate"} and trial.user_attrs["resumed_from_step"] == 0
+    assert len({tuple(t.params.values()) for t in trials}) == 4
+    assert "trained on seed 1 alone (4 complete, 0 pruned, 0 failed)" in (tmp_path / "race" / "report" / "report.md").read_text()
+
+
 def test_a_pruned_search_reports_at_a_quarter_half_and_three_quarters_and_says_what_it_saved(tmp_path):
     trials, _ = search(tmp_path, "p", "--trials", "6", "--confirm", "0", "--prune", "--steps", "2048",
                        "--sampler-seed", "3")
@@ -343,3 +357,4 @@ def test_a_pruned_search_reports_at_a_quarter_half_and_three_quarters_and_says_w
     text = (tmp_path / "p" / "report" / "report.md").read_text()
     assert f"({6 - len(pruned)} complete, {len(pruned)} pruned, 0 failed)" in text
     assert f"trained {6 * 2048 - saved:,} of {6 * 2048:,} steps" in text
+
