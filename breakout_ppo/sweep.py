@@ -649,7 +649,7 @@ def work(study, storage, plan: SweepPlan, sweep_dir, device: str = "cpu", max_re
             continue
         except optuna.TrialPruned as pruned:
             study.tell(trial, state=TrialState.PRUNED)
-            echo(f"pruned trial {trial.number} {name}: {pruned}")
+            echo(f"pruned trial {trial.number} {name}: {pruned}; its checkpoint there stands")
             continue
         except Exception as error:  # NaN, a bad checkpoint, a full disk: this trial fails, the worker goes on
             why = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
@@ -681,8 +681,9 @@ def suggest(trial, plan: SweepPlan) -> None:
 def run_trial(trial, name: str, config: Config, run_dir: Path, eval_episodes: int, device: str, heartbeat, echo,
               prune=None) -> dict:
     """Train (or resume) the trial's run, evaluate its final model and store the results in the
-    trial. Returns the evaluation summary; raises Stopped if training was. `prune`: called
-    after every update with the model (see PruneCheck); raises optuna.TrialPruned to stop."""
+    trial. Returns the evaluation summary; raises Stopped if training was. `prune` (a PruneCheck):
+    training stops with a checkpoint at each of its steps and goes on from there unless the check
+    raises optuna.TrialPruned, so a pruned run keeps its checkpoint at the prune step."""
     from breakout_ppo.checkpoint import load_agent, load_checkpoint
     from breakout_ppo.evaluate import SETTINGS, evaluate
     from breakout_ppo.train import train
@@ -705,12 +706,20 @@ def run_trial(trial, name: str, config: Config, run_dir: Path, eval_episodes: in
         def progress(step, sps, recent_return):
             heartbeat.step = step
 
-        result = train(config, run_dir, device=device, resume=checkpoint if done_step else None, progress=progress,
-                       after_update=[prune] if prune is not None else [])
-        trial.set_user_attr("steps_trained", result.global_step - done_step)
-        if result.interrupted:
-            echo(f"{label}: interrupted, checkpoint saved at step {result.global_step:,}")
-            raise Stopped(getattr(result, "stop_signal", None) or signal.SIGINT)
+        # Training stops at each prune step as it would on Ctrl-C, with its checkpoint (resuming it
+        # gives the run an unbroken training would), and the check evaluates that checkpoint.
+        step = done_step
+        for stop_at in [*(prune.steps_from(done_step) if prune is not None else []), None]:
+            if stop_at is None or stop_at > step:
+                result = train(config, run_dir, device=device, resume=checkpoint if step else None,
+                               progress=progress, stop_at_step=stop_at)
+                step = result.global_step
+                trial.set_user_attr("steps_trained", step - done_step)
+                if result.interrupted:
+                    echo(f"{label}: interrupted, checkpoint saved at step {step:,}")
+                    raise Stopped(getattr(result, "stop_signal", None) or signal.SIGINT)
+            if stop_at is not None:
+                prune(checkpoint, device)
     else:
         trial.set_user_attr("steps_trained", 0)
 
@@ -749,28 +758,35 @@ def enqueue_confirmation(study, plan: SweepPlan) -> bool:
 
 
 class PruneCheck:
-    """Training's per-update callback in a pruned search: at a quarter, half and three quarters of
-    the updates, evaluate (a quarter of the final evaluation's episodes), report it to the trial,
-    and raise optuna.TrialPruned when the pruner says stop."""
+    """The intermediate evaluations of a pruned search trial, at a quarter, half and three quarters
+    of its updates (`steps`): training stops there with its checkpoint (see run_trial), whose model
+    is evaluated on a quarter of the final evaluation's episodes and reported to the trial; when the
+    pruner says stop, optuna.TrialPruned is raised and the checkpoint stays, to inspect or resume."""
 
     def __init__(self, trial, config: Config, eval_episodes: int):
         self.trial, self.episodes = trial, max(16, eval_episodes // 4)
         updates = config.num_updates
-        self.at = {max(1, round(updates * f)) for f in (0.25, 0.5, 0.75)} - {updates}
+        self.steps = [u * config.batch_size
+                      for u in sorted({max(1, round(updates * f)) for f in (0.25, 0.5, 0.75)} - {updates})]
 
-    def __call__(self, updates_done: int, model, global_step: int) -> None:
+    def steps_from(self, step: int) -> list[int]:
+        """The evaluation steps still ahead of a run at `step` (one at `step` itself included: a
+        trial taken over at a prune step is evaluated there before it trains on)."""
+        return [s for s in self.steps if s >= step]
+
+    def __call__(self, checkpoint: Path, device) -> None:
         import optuna
 
+        from breakout_ppo.checkpoint import load_agent, load_checkpoint
         from breakout_ppo.evaluate import SETTINGS, evaluate
 
-        if updates_done not in self.at:
-            return
-        device = next(model.parameters()).device
+        model, _ = load_agent(checkpoint, device=device)
+        step = load_checkpoint(checkpoint)["global_step"]
         mean = evaluate(model, episodes=self.episodes, device=device, seed=EVAL_SEED, **SETTINGS["default"]).mean
-        self.trial.report(mean, global_step)
+        self.trial.report(mean, step)
         if self.trial.should_prune():
-            self.trial.set_user_attr("pruned_at_step", global_step)
-            raise optuna.TrialPruned(f"return {mean:.2f} at step {global_step:,} is below the median of earlier trials")
+            self.trial.set_user_attr("pruned_at_step", step)
+            raise optuna.TrialPruned(f"return {mean:.2f} at step {step:,} is below the median of earlier trials")
 
 
 def write_eval_scalar(run_dir: Path, mean_return: float, global_step: int) -> None:

@@ -350,6 +350,8 @@ def test_a_pruned_search_reports_at_a_quarter_half_and_three_quarters_and_says_w
         steps = set(trial.intermediate_values)
         if trial.state == TrialState.PRUNED:
             assert trial.user_attrs["pruned_at_step"] == max(steps) and steps <= {512, 1024, 1536}
+            checkpoint = tmp_path / "p" / trial.user_attrs["run"] / "checkpoint.pt"
+            assert load_checkpoint(checkpoint, resumable=True)["global_step"] == max(steps)
         else:
             assert trial.state == TrialState.COMPLETE and steps == {512, 1024, 1536}
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
@@ -358,3 +360,29 @@ def test_a_pruned_search_reports_at_a_quarter_half_and_three_quarters_and_says_w
     assert f"({6 - len(pruned)} complete, {len(pruned)} pruned, 0 failed)" in text
     assert f"trained {6 * 2048 - saved:,} of {6 * 2048:,} steps" in text
 
+
+def test_a_pruned_trial_keeps_its_checkpoint_at_the_prune_step_and_resumes_from_it_as_if_unbroken(tmp_path):
+    """With a pruner that stops every trial at its first report, the quarter of the steps."""
+    from breakout_ppo.sweep import open_study, work
+
+    plan = SweepPlan("smoke", {"total_steps": (2048,)}, (1,), eval_episodes=16,
+                     search=(("ent_coef", "log", 1e-4, 0.3),), trials=1, prune=True)
+    storage = open_storage(default_storage(tmp_path / "p"))
+    open_study(storage, "p", plan)
+    study = optuna.load_study(storage=storage, study_name="p", pruner=optuna.pruners.ThresholdPruner(lower=1e9))
+    lines = []
+    work(study, storage, plan, tmp_path / "p", echo=lines.append)
+    trial, = study.get_trials()
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["pruned_at_step"] == 512, lines
+    assert list(trial.intermediate_values) == [512] and trial.user_attrs["steps_trained"] == 512
+    assert any("pruned trial 0 trial=0,seed=1" in line and "its checkpoint there stands" in line for line in lines)
+    checkpoint = tmp_path / "p" / trial.user_attrs["run"] / "checkpoint.pt"
+    assert load_checkpoint(checkpoint, resumable=True)["global_step"] == 512
+
+    config = plan.config_for(trial.params, 1)
+    resumed = train(config, checkpoint.parent, resume=checkpoint)
+    straight = train(config, tmp_path / "straight")
+    assert resumed.global_step == straight.global_step == 2048
+    a = load_checkpoint(resumed.last_checkpoint, resumable=True)["model"]
+    b = load_checkpoint(straight.last_checkpoint, resumable=True)["model"]
+    assert all(torch.equal(a[name], b[name]) for name in a)
