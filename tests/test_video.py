@@ -26,6 +26,7 @@ from instruments.show.video import (
     SALIENCY_ALPHA,
     SALIENCY_COLOUR,
     contact_sheet,
+    ends_in_a_loss,
     key_frames,
     render_frame,
     saliency_weights,
@@ -196,3 +197,49 @@ def test_contact_sheet_png_reads_back_with_its_size(episode, tmp_path):
     assert np.array_equal(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), expected)  # PNG is lossless
     tiles = len(key_frames(episode))
     assert expected.shape[0] > 80 + (-(-tiles // 5)) * 200  # every row of tiles is there
+
+
+def prefix(trace, steps):
+    """The first `steps` steps of `trace`: what `record_episode(max_steps=steps)` records of the same game."""
+    return Trace(trace.frames[:steps], trace.actions[:steps], trace.probs[:steps], trace.values[:steps],
+                 trace.rewards[:steps], None if trace.saliency is None else trace.saliency[:steps])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_a_trace_ends_in_a_loss_only_where_the_env_ended_the_episode(seed):
+    # The env's own account is the reference: a whole episode of a fresh network (sticky actions on)
+    # and of the scripted follower (bounces, refills) ends in a loss; every shorter prefix, which
+    # the env played on from, was cut.
+    from breakout_ppo.config import preset
+    from breakout_ppo.model import ActorCritic
+    from instruments.measure.traces import record_episode
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(seed)
+    model = ActorCritic.from_config(preset("default")).eval()
+    for whole in (record_episode(model, seed=seed, saliency=False), synthetic_trace(max_steps=3000, seed=seed)):
+        assert len(whole) < 3000  # the game ended: not cut by max_steps
+        assert ends_in_a_loss(whole)
+        assert not any(ends_in_a_loss(prefix(whole, n)) for n in range(1, len(whole)))
+
+
+def test_contact_sheet_labels_a_cut_trace_as_cut(episode, monkeypatch):
+    import instruments.show.video as video
+
+    def labels(trace):
+        written = []
+        real = video._text
+        monkeypatch.setattr(video, "_text", lambda img, text, *a, **k: (written.append(text), real(img, text, *a, **k)))
+        video.contact_sheet(trace)
+        monkeypatch.setattr(video, "_text", real)
+        return written
+
+    lost = synthetic_trace(max_steps=3000, seed=4)  # played to its loss
+    whole = labels(lost)
+    assert "ball lost" in whole and "1 before loss" in whole and not any("cut" in t for t in whole)
+    # The fixture stops at max_steps=300 while the game goes on, as `inspect --max-video-steps` does.
+    assert len(episode) == 300 and not ends_in_a_loss(episode)
+    for trace in (episode, prefix(lost, len(lost) - 5)):
+        cut = labels(trace)
+        assert "cut here" in cut and "1 before cut" in cut and not any("lost" in t or "loss" in t for t in cut)
+        assert any(t.startswith("MinAtar Breakout") and "cut there" in t for t in cut)

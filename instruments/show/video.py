@@ -33,7 +33,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from breakout_ppo.env import ACTION_NAMES, CHANNELS, GRID
+from breakout_ppo.env import ACTION_NAMES, CHANNELS, GRID, PADDLE_ROW
+from breakout_ppo.env.rule import minatar_rule
 from instruments.measure.traces import Trace
 
 FRAME_WIDTH, FRAME_HEIGHT = 800, 450  # both even, as yuv420p needs
@@ -338,7 +339,8 @@ def write_video(trace: Trace, path, fps: int = 10, crf: int = 23, preset: str = 
 def key_frames(trace: Trace, evenly_spaced: int = 8, max_rewards: int = 6, final: int = 3) -> list[tuple[int, str]]:
     """Steps worth a look, sorted, as (step, reason): `evenly_spaced` steps across the episode, up to
     `max_rewards` steps whose action earned a reward (spread over all of them), and the `final`
-    last steps, which lead into the loss when the episode was lost. A step chosen for two reasons
+    last steps, which lead into the loss when the episode was lost (`ends_in_a_loss`; a trace cut
+    short ends where it was cut, and the sheet says so). A step chosen for two reasons
     keeps the more specific one (final, then reward)."""
     n = len(trace)
     chosen: dict[int, str] = {}
@@ -354,6 +356,30 @@ def key_frames(trace: Trace, evenly_spaced: int = 8, max_rewards: int = 6, final
     return sorted(chosen.items())
 
 
+def ends_in_a_loss(trace: Trace) -> bool:
+    """Whether the trace's last step loses the ball, i.e. the episode ended there, or whether it is
+    a prefix (`record_episode(max_steps=...)`, `inspect --max-video-steps`) cut while the game went
+    on. Read from the last frame with MinAtar's rule (`breakout_ppo.env.rule.minatar_rule`): the
+    ball in row 8 with its trail above it falls into the paddle row on this step, and is lost unless
+    the paddle, moved by the executed action, is under its old or its new column."""
+    if not len(trace):
+        return False
+    frame = trace.frames[-1]
+    ball = np.argwhere(frame[CHANNELS.index("ball")] > 0.5)
+    trail = np.argwhere(frame[CHANNELS.index("trail")] > 0.5)
+    paddle = np.flatnonzero(frame[CHANNELS.index("paddle"), PADDLE_ROW] > 0.5)
+    if len(ball) != 1 or len(trail) != 1 or len(paddle) != 1:
+        return False
+    (ball_y, ball_x), (trail_y, trail_x) = ball[0], trail[0]
+    if ball_y != PADDLE_ROW - 1 or trail_y >= ball_y:  # not falling into the paddle row
+        return False
+    step_x = int(np.sign(ball_x - trail_x)) or (1 if ball_x == 0 else -1)  # 0: it just bounced off a side wall
+    direction = 2 if step_x > 0 else 3  # down-right, down-left (rule.STEP_X, STEP_Y)
+    move = {"left": -1, "right": 1}.get(ACTION_NAMES[int(trace.actions[-1])], 0)
+    paddle_x = min(max(int(paddle[0]) + move, 0), GRID - 1)
+    return minatar_rule(int(ball_x), int(ball_y), direction, paddle_x, strike=False, brick_ahead=False).lost
+
+
 FINAL = (225, 110, 225)
 REASON_COLOURS = {"overview": DIM_TEXT, "reward": REWARD, "final": FINAL}
 TILE_CELL = 21
@@ -361,17 +387,19 @@ TILE_BOARD = GRID * TILE_CELL
 TILE_W, TILE_H = TILE_BOARD + 24, TILE_BOARD + 110
 
 
-def _tile(renderer: FrameRenderer, t: int, reason: str) -> np.ndarray:
-    """One labelled key frame: the board, a caption, and mini probability bars."""
+def _tile(renderer: FrameRenderer, t: int, reason: str, lost: bool = True) -> np.ndarray:
+    """One labelled key frame: the board, a caption, and mini probability bars. `lost`: the trace
+    ends with the ball lost (else it was cut, and its last steps are not the episode's)."""
     tile = np.empty((TILE_H, TILE_W, 3), dtype=np.uint8)
     tile[:] = PANEL
     x0, y0 = 12, 12
     tile[y0 : y0 + TILE_BOARD, x0 : x0 + TILE_BOARD] = _upscale_board(renderer.boards[t], TILE_CELL)
     y = y0 + TILE_BOARD + 18
     steps_left = renderer.num_steps - 1 - t
-    note = {"overview": "", "reward": f"{renderer.rewards[t]:+g} reward", "final": f"{steps_left} before end"}[reason]
+    end = "loss" if lost else "cut"
+    note = {"overview": "", "reward": f"{renderer.rewards[t]:+g} reward", "final": f"{steps_left} before {end}"}[reason]
     if reason == "final" and steps_left == 0:
-        note = "last step"
+        note = "ball lost" if lost else "cut here"
     _text(tile, f"step {t}", (x0, y), 0.5, TEXT)
     _text(tile, note, (x0 + TILE_BOARD, y), 0.42, REASON_COLOURS[reason], align="right")
     y += 20
@@ -404,13 +432,16 @@ def contact_sheet(trace: Trace, columns: int = 6, saliency_scale: str = "episode
     sheet = np.empty((height, width, 3), dtype=np.uint8)
     sheet[:] = BACKGROUND
     total = renderer.returns[-1]
-    _text(sheet, f"MinAtar Breakout: PPO agent, {len(trace)} steps, return {total:g}", (gap, 24), 0.62, TEXT, 2)
+    lost = ends_in_a_loss(trace)
+    title = (f"MinAtar Breakout: PPO agent, {len(trace)} steps to the lost ball, return {total:g}" if lost else
+             f"MinAtar Breakout: PPO agent, first {len(trace)} steps (cut there, the game went on), return {total:g}")
+    _text(sheet, title, (gap, 24), 0.62, TEXT, 2)
     # Legend: palette, saliency, bars, and what the tile borders mean.
     x, y = gap, 50
     entries = [(CHANNEL_COLOURS[c], CHANNEL_DESCRIPTIONS[c]) for c in ("paddle", "ball", "trail", "brick")]
     if renderer.has_saliency:
         entries.append((SALIENCY_COLOUR, "saliency"))
-    entries += [(PLAYED, "played action"), (REWARD, "border: step earning a reward"), (FINAL, "border: final steps")]
+    entries += [(PLAYED, "played action"), (REWARD, "border: step earning a reward"), (FINAL, "border: last steps, into the loss" if lost else "border: last steps shown (cut)")]
     _text(sheet, "Each tile: the frame the agent acted on at that step, its value estimate V, and its action "
           "probabilities.", (gap, 72), 0.4, DIM_TEXT)
     for colour, label in entries:
@@ -423,7 +454,7 @@ def contact_sheet(trace: Trace, columns: int = 6, saliency_scale: str = "episode
     for i, (t, reason) in enumerate(keys):
         r, c = divmod(i, columns)
         top, left = header + gap + r * (TILE_H + gap), gap + c * (TILE_W + gap)
-        sheet[top : top + TILE_H, left : left + TILE_W] = _tile(renderer, t, reason)
+        sheet[top : top + TILE_H, left : left + TILE_W] = _tile(renderer, t, reason, lost)
     return sheet
 
 
