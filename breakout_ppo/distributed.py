@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -250,7 +251,21 @@ def join(device) -> Ranks:
 
 
 def leave(ranks: Ranks) -> None:
-    """Leave the process group `join` set up (a no-op for a world of one or a group it did not make)."""
-    if ranks.owns_group and dist.is_initialized():
-        with contextlib.suppress(Exception):  # after a lost peer, tearing down may fail too: nothing to save
-            dist.destroy_process_group()
+    """Leave the process group `join` set up (a no-op for a world of one or a group it did not make).
+
+    Called from the caller's `finally`. On the normal way out (no exception on its way up) every
+    rank first meets the others at a barrier, so none tears the group down while another is still
+    in a collective: a rank whose peer had already destroyed the group could abort at exit
+    (SIGABRT, "terminate called without an active exception"). The barrier waits at most
+    `TIMEOUT_SECONDS`, through the gloo group (`monitored_barrier` takes a timeout; under NCCL the
+    side group), so a peer that died or hung at the very end delays the exit, never blocks it; a
+    failed barrier is let go, the run's work being done. On the way out of an error (a lost peer,
+    an error all ranks agreed on, a second Ctrl-C) there is no barrier: a survivor must exit at
+    once with its one line, and its peers may never come."""
+    if not (ranks.owns_group and dist.is_initialized()):
+        return
+    if ranks.size > 1 and sys.exc_info()[0] is None:  # in a `finally`, the exception on its way up, if any
+        with contextlib.suppress(Exception):
+            dist.monitored_barrier(group=ranks.objects_group, timeout=timedelta(seconds=TIMEOUT_SECONDS))
+    with contextlib.suppress(Exception):  # after a lost peer, tearing down may fail too: nothing to save
+        dist.destroy_process_group()

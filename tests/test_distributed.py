@@ -9,6 +9,7 @@ subprocess has a timeout, so a desync fails the test instead of hanging it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import signal
@@ -39,9 +40,9 @@ def rank_env(rank: int, size: int, port: int) -> dict:
             "BREAKOUT_PPO_DIST_TIMEOUT": "30", "PYTHONPATH": str(ROOT)}
 
 
-def start_ranks(args: list, size=2, cwd=None) -> list[subprocess.Popen]:
+def start_ranks(args: list, size=2, cwd=None, **env) -> list[subprocess.Popen]:
     port = free_port()
-    return [subprocess.Popen([sys.executable, *map(str, args)], env=rank_env(rank, size, port), cwd=cwd,
+    return [subprocess.Popen([sys.executable, *map(str, args)], env={**rank_env(rank, size, port), **env}, cwd=cwd,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in range(size)]
 
 
@@ -313,6 +314,61 @@ def test_when_one_rank_dies_the_survivor_exits_with_one_line(tmp_path):
     assert "Traceback" not in err, err
 
 
+# --- Leaving the group ---------------------------------------------------------------------------
+
+def worker_leave(out: Path, mode: str):
+    """Rank 1 leaves at once; rank 0 comes later. `normal`: rank 1 leaves as after a finished run,
+    rank 0 looks for a while whether rank 1 got out before it came, then leaves. `error`: rank 1
+    leaves on its way out of an error; rank 0 comes only once rank 1 is out (a peer that hung)."""
+    from breakout_ppo.distributed import ProcessGroupError, join, leave
+
+    ranks = join("cpu")
+    assert ranks.owns_group and ranks.max(ranks.rank) == 1  # both in the group, past one collective
+    left = out / "rank1-left"
+    if ranks.rank == 1:
+        if mode == "normal":
+            try:
+                pass
+            finally:
+                leave(ranks)
+        else:
+            with contextlib.suppress(ProcessGroupError):
+                try:
+                    raise ProcessGroupError("process 1 of 2 lost the others")
+                finally:
+                    leave(ranks)
+        left.write_text("")
+        return
+    if mode == "normal":
+        deadline = time.time() + 3
+        while not left.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        (out / "rank1-out-before-rank0-came").write_text(str(left.exists()))
+        leave(ranks)
+    else:
+        while not left.exists():  # forever, but for the test's timeout: rank 1 must not wait for rank 0
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessGroupError):
+            try:
+                raise ProcessGroupError("process 0 of 2 lost the others")
+            finally:
+                leave(ranks)
+
+
+def test_on_the_normal_way_out_no_rank_tears_the_group_down_before_the_others_come(tmp_path):
+    results = finish(start_ranks([__file__, "leave-normal", tmp_path]))
+    assert all(code == 0 for code, _ in results), results
+    assert (tmp_path / "rank1-left").exists()
+    assert (tmp_path / "rank1-out-before-rank0-came").read_text() == "False"
+
+
+def test_on_the_way_out_of_an_error_a_rank_leaves_without_waiting_for_the_others(tmp_path):
+    # A barrier here would wait for rank 0 for the whole timeout, far past the test's: it must not be there.
+    results = finish(start_ranks([__file__, "leave-error", tmp_path], BREAKOUT_PPO_DIST_TIMEOUT="600"))
+    assert all(code == 0 for code, _ in results), results
+    assert (tmp_path / "rank1-left").exists()
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs one GPU per rank: two CUDA GPUs")
 def test_torchrun_on_two_gpus_trains_with_nccl(tmp_path):
     done = torchrun(["train", "--preset", "smoke", "--logdir", tmp_path, "--run-name", "run", "--device", "cuda"],
@@ -324,7 +380,10 @@ def test_torchrun_on_two_gpus_trains_with_nccl(tmp_path):
     assert payload["world_size"] == 2 and payload["global_step"] == 1024
 
 
-if __name__ == "__main__":  # one rank of the `two_ranks` fixture
+if __name__ == "__main__" and sys.argv[1] in ("leave-normal", "leave-error"):  # one rank of a leaving test
+    torch.set_num_threads(1)
+    worker_leave(Path(sys.argv[2]), sys.argv[1].removeprefix("leave-"))
+elif __name__ == "__main__":  # one rank of the `two_ranks` fixture
     out = Path(sys.argv[1])
     torch.set_num_threads(1)
     (out / "update").mkdir(exist_ok=True)
