@@ -109,8 +109,8 @@ def train_without_preflight(config, run_dir: Path) -> None:
     """Train with the preflight's veto overridden: it runs, prints its DEAD verdict, and is ignored."""
     real_check = training.check_entropy_term
 
-    def overridden_preflight(config):
-        check = real_check(config)
+    def overridden_preflight(config, **where):
+        check = real_check(config, **where)
         print(f"preflight (veto overridden on purpose): {check}", file=sys.stderr)
         return dataclasses.replace(check, passed=True)
 

@@ -212,6 +212,15 @@ def restore_env(env, payload: dict) -> None:
     env.generator.set_state(payload["rng"]["env"])
 
 
+def saved_device_type(payload: dict) -> str:
+    """"cpu" or "cuda": the device whose random generators the checkpoint's streams came from. A CPU
+    generator's state is the Mersenne Twister's (5056 bytes), a CUDA one's a seed and an offset."""
+    return "cpu" if payload["rng"]["sampler"].numel() == _CPU_GENERATOR_STATE_BYTES else "cuda"
+
+
+_CPU_GENERATOR_STATE_BYTES = torch.Generator().get_state().numel()
+
+
 def saved_world_size(payload: dict) -> int:
     """How many processes trained the checkpoint (files from before torchrun support: one)."""
     return int(payload.get("world_size", 1))

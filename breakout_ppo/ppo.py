@@ -48,7 +48,10 @@ def forward(model, obs: torch.Tensor, config: Config):
     """`model(obs)` as training runs it: `(logits, value)` in float32, the matrix products in
     `config.precision`. On the 2-core AVX512-BF16 machine, bfloat16 autocast made a minibatch
     step about 1.7x faster and training 15-25% faster end to end (docs/results.md)."""
-    with torch.autocast(obs.device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
+    # On CUDA autocast keeps no cache of cast weights: a captured graph would replay the cast
+    # made at capture time, from weights the optimizer has moved since.
+    with torch.autocast(obs.device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16",
+                        cache_enabled=obs.device.type != "cuda"):
         logits, value = model(obs)
     return logits.float(), value.float()
 
@@ -64,11 +67,18 @@ def sample_actions(logits: torch.Tensor, generator: torch.Generator) -> torch.Te
 
 
 @torch.no_grad()
-def collect_rollout(model, env: BatchedBreakout, obs: torch.Tensor, config: Config, generator):
+def collect_rollout(model, env: BatchedBreakout, obs: torch.Tensor, config: Config, generator,
+                    static_shapes: bool | None = None):
     """Play `config.num_steps` steps in every env with the current policy.
 
     Returns `(rollout, next_obs, episode_stats)`; `next_obs` is the env's (in-place) buffer.
+    `static_shapes` (the default on CUDA): value the truncated episodes' last frames without
+    asking the device how many there are (`truncation_values_static`), so that nothing in the
+    rollout waits on the GPU and the whole of it can be captured in a CUDA graph. On the CPU,
+    where asking costs nothing, only the truncated frames are valued.
     """
+    if static_shapes is None:
+        static_shapes = obs.device.type == "cuda"
     T, N = config.num_steps, env.num_envs
     device = obs.device
     obs_buf = torch.empty((T, *obs.shape), device=device)
@@ -101,17 +111,43 @@ def collect_rollout(model, env: BatchedBreakout, obs: torch.Tensor, config: Conf
 
     truncation_values = torch.zeros((T, N), device=device)
     if final_games:
-        # One host sync per rollout, not per step: find the truncated steps, value their last frames.
-        where = truncated.nonzero(as_tuple=True)
-        if where[0].numel():
-            stacked = PackedGames(*(torch.stack(field) for field in zip(*final_games)))
-            cut = PackedGames(*(field[where] for field in stacked))
-            truncation_values[where] = forward(model, render(unpack(cut)), config)[1]
+        stacked = PackedGames(*(torch.stack(field) for field in zip(*final_games)))
+        if static_shapes:
+            truncation_values = truncation_values_static(model, stacked, truncated, env.max_episode_steps, config)
+        else:
+            # One host sync per rollout, not per step: find the truncated steps, value their last frames.
+            where = truncated.nonzero(as_tuple=True)
+            if where[0].numel():
+                cut = PackedGames(*(field[where] for field in stacked))
+                truncation_values[where] = forward(model, render(unpack(cut)), config)[1]
     last_value = forward(model, obs, config)[1]
     rollout = Rollout(obs=obs_buf, actions=actions, logprobs=logprobs, values=values, rewards=rewards,
                       terminated=terminated, truncated=truncated, truncation_values=truncation_values,
                       last_value=last_value)
     return rollout, obs, EpisodeStats(count, return_sum, length_sum)
+
+
+def truncation_values_static(model, final_games: PackedGames, truncated: torch.Tensor, max_episode_steps: int,
+                             config: Config) -> torch.Tensor:
+    """V(last frame) where `truncated` ([T, N]), 0 elsewhere, in shapes that depend on T and N only.
+
+    An env truncates at most once every `max_episode_steps` steps, so at most ceil(T / cap) times
+    in a rollout: the truncated (t, n) are packed, in order, into that many slots per env, by a
+    running count, and the frames of all slots are valued in one forward (slots beyond the count
+    value a frame that is then not read). With T below the cap, that is one forward of N frames
+    per rollout. `final_games`: the games before auto-reset, fields [T, N].
+    """
+    T, N = truncated.shape
+    capacity = N * min(T, -(-T // max_episode_steps))
+    flat = truncated.reshape(-1)
+    slot = torch.where(flat, flat.long().cumsum(0) - 1, capacity)  # non-truncated rows go to a spare slot
+    rows = torch.zeros(capacity + 1, dtype=torch.int64, device=flat.device)
+    rows.scatter_(0, slot, torch.arange(flat.numel(), device=flat.device))
+    rows = rows[:capacity]
+    games = PackedGames(*(field.reshape(-1).index_select(0, rows) for field in final_games))
+    values = forward(model, render(unpack(games)), config)[1]
+    values = torch.cat([values, values.new_zeros(1)])  # the spare slot is worth 0
+    return values.index_select(0, slot).view(T, N)
 
 
 def compute_gae(rollout: Rollout, gamma: float, gae_lambda: float):
@@ -189,6 +225,16 @@ def normalized(advantages: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     return (advantages - mean) / (std + 1e-8)
 
 
+def set_learning_rate(optimizer, learning_rate: float) -> None:
+    """A Python float where the optimizer holds one (the CPU: bit for bit as ever); written into
+    the device tensor where it holds one (capturable Adam, read by a CUDA graph at each replay)."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(learning_rate)
+        else:
+            group["lr"] = learning_rate
+
+
 def ppo_update(model, optimizer, rollout: Rollout, config: Config, generator, ranks: Ranks = Ranks()):
     """One PPO update: `update_epochs` passes of minibatch Adam steps over the rollout, at
     `config.learning_rate` with `config.ent_coef` (pass `annealed(config, update)` to schedule them).
@@ -197,8 +243,14 @@ def ppo_update(model, optimizer, rollout: Rollout, config: Config, generator, ra
     This is the step training runs; tests run it too. Returns metrics averaged over minibatches
     (of this rank: `train` averages them over ranks).
     """
-    for group in optimizer.param_groups:
-        group["lr"] = config.learning_rate
+    set_learning_rate(optimizer, config.learning_rate)
+    return optimise(model, optimizer, rollout, config, generator, ranks)
+
+
+def optimise(model, optimizer, rollout: Rollout, config: Config, generator, ranks: Ranks = Ranks()):
+    """`ppo_update` after its learning rate is set. Nothing in it waits on the device, so a CUDA
+    graph can capture it; the graph's config holds `ent_coef` as a device tensor, written before
+    each replay (breakout_ppo/cuda_graphs.py)."""
     advantages, returns = compute_gae(rollout, config.gamma, config.gae_lambda)
     flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  [T, N, ...] -> [T*N, ...]
     obs, actions = flat(rollout.obs), flat(rollout.actions)

@@ -47,29 +47,56 @@ class EntropyCheck:
                 f"(threshold {self.threshold:g})")
 
 
-def check_entropy_term(config: Config, seed: int = 0) -> EntropyCheck:
+def check_entropy_term(config: Config, seed: int = 0, device="cpu", cuda_graphs: bool = False) -> EntropyCheck:
     """Run the real update with ent_coef 0 and 0.1 from one state; the parameters must differ.
 
-    Uses the config's model and PPO settings on a small CPU rollout (about 0.1 s), and leaves the
-    global RNG as it found it.
+    Uses the config's model and PPO settings on a small rollout (about 0.1 s on the CPU), and leaves
+    the global RNG as it found it. On CUDA it probes the update training will run there: with
+    `cuda_graphs`, the captured graphs (breakout_ppo/cuda_graphs.py), else the eager update.
     """
     probe = preset("smoke").replace(arch=config.arch, hidden=config.hidden,
                                     shared_layers=config.shared_layers, clip_coef=config.clip_coef,
                                     vf_coef=config.vf_coef, max_grad_norm=config.max_grad_norm,
-                                    norm_adv=config.norm_adv, learning_rate=config.learning_rate)
+                                    norm_adv=config.norm_adv, learning_rate=config.learning_rate,
+                                    precision=config.precision if torch.device(device).type == "cuda" else "float32")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = ActorCritic.from_config(probe)
-        env = BatchedBreakout(probe.num_envs, sticky_action_prob=0.0, seed=seed)
-        rollout, _, _ = ppo.collect_rollout(model, env, env.reset(), probe, torch.Generator().manual_seed(seed))
-        results = []
-        for coefficient in PROBE_COEFFICIENTS:
-            updated = copy.deepcopy(model)
-            optimizer = torch.optim.Adam(updated.parameters(), lr=probe.learning_rate, eps=1e-5)
-            ppo.ppo_update(updated, optimizer, rollout, probe.replace(ent_coef=coefficient),
-                           torch.Generator().manual_seed(seed + 1))
-            results.append(torch.cat([p.detach().flatten() for p in updated.parameters()]))
+        if cuda_graphs:
+            results = [_captured_update(probe, seed, coefficient, device) for coefficient in PROBE_COEFFICIENTS]
+        else:
+            results = _eager_updates(probe, seed, device)
     if not all(torch.isfinite(r).all() for r in results):
         return EntropyCheck(passed=False, max_parameter_difference=math.nan, non_finite=True)
     difference = float((results[0] - results[1]).abs().max())
     return EntropyCheck(passed=difference > MIN_PARAMETER_CHANGE, max_parameter_difference=difference)
+
+
+def _eager_updates(probe: Config, seed: int, device) -> list[torch.Tensor]:
+    """The parameters after `ppo.ppo_update` at each probe coefficient, from one rollout."""
+    torch.manual_seed(seed)
+    model = ActorCritic.from_config(probe).to(device)
+    env = BatchedBreakout(probe.num_envs, device=device, sticky_action_prob=0.0, seed=seed)
+    rollout, _, _ = ppo.collect_rollout(model, env, env.reset(), probe, torch.Generator(device).manual_seed(seed))
+    results = []
+    for coefficient in PROBE_COEFFICIENTS:
+        updated = copy.deepcopy(model)
+        optimizer = torch.optim.Adam(updated.parameters(), lr=probe.learning_rate, eps=1e-5)
+        ppo.ppo_update(updated, optimizer, rollout, probe.replace(ent_coef=coefficient),
+                       torch.Generator(device).manual_seed(seed + 1))
+        results.append(torch.cat([p.detach().flatten() for p in updated.parameters()]).cpu())
+    return results
+
+
+def _captured_update(probe: Config, seed: int, coefficient: float, device) -> torch.Tensor:
+    """The parameters after one replay of the captured rollout and update, from the same start for
+    every coefficient (same seeds, same rollout): only the entropy coefficient differs."""
+    from breakout_ppo.cuda_graphs import CapturedTraining, capturable_adam
+
+    torch.manual_seed(seed)
+    model = ActorCritic.from_config(probe).to(device)
+    env = BatchedBreakout(probe.num_envs, device=device, sticky_action_prob=0.0, seed=seed)
+    env.reset()
+    graphs = CapturedTraining(model, capturable_adam(model, probe.learning_rate), env, probe,
+                              torch.Generator(device).manual_seed(seed))
+    graphs.collect()
+    graphs.update(probe.replace(ent_coef=coefficient))
+    return torch.cat([p.detach().flatten() for p in model.parameters()]).cpu()

@@ -28,9 +28,11 @@ from breakout_ppo.checkpoint import (
     save_checkpoint,
     save_model,
     saved_rank_state,
+    saved_device_type,
     saved_world_size,
 )
 from breakout_ppo.config import Config
+from breakout_ppo.cuda_graphs import CapturedTraining, capturable_adam, keep_capturable
 from breakout_ppo.env import BatchedBreakout
 from breakout_ppo.model import ActorCritic
 from breakout_ppo.ppo import annealed, collect_rollout, ppo_update
@@ -179,7 +181,7 @@ class _StopOnSignal:
 
 
 def train(config: Config, run_dir, device="cpu", resume=None, progress=None, after_update=(),
-          stop_at_step=None) -> TrainResult:
+          stop_at_step=None, cuda_graphs=True) -> TrainResult:
     """Train PPO from scratch (or from the checkpoint `resume`) and write the run to `run_dir`.
 
     `run_dir` must be new (missing or empty), except that resuming may continue in the checkpoint's
@@ -192,6 +194,8 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, aft
     `instruments`) and `TimedSnapshots` for time-to-score benchmarks.
     `stop_at_step`: for studies at equal steps, stop (with a checkpoint, as on Ctrl-C) at the first
     update boundary at or past this step; the learning-rate schedule still runs to `total_steps`.
+    `cuda_graphs`: on one CUDA device, replay the rollout and the update as CUDA graphs
+    (breakout_ppo/cuda_graphs.py); off, or on the CPU, or under torchrun, they run eagerly.
 
     Launched by torchrun, each process calls this and they train one run together
     (breakout_ppo/distributed.py): rank 0 alone claims and writes `run_dir` and calls `progress`
@@ -199,6 +203,7 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, aft
     """
     config.validate()
     ranks = distributed.join(device)
+    captured = cuda_graphs and ranks.device.type == "cuda" and ranks.size == 1
     if not ranks.is_writer:
         progress, after_update = None, ()
     run = None
@@ -211,7 +216,7 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, aft
                 raise TrainingError(split_error)
             # A dead entropy term makes every ent_coef "have no effect"; catch it before spending hours.
             # Every rank runs it: the same verdict everywhere, without a collective.
-            entropy_check = check_entropy_term(config)
+            entropy_check = check_entropy_term(config, device=ranks.device, cuda_graphs=captured)
             if not entropy_check.passed:
                 raise TrainingError(f"preflight failed: {entropy_check}")
             if ranks.is_writer:
@@ -226,7 +231,7 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, aft
         if agreed is not None:
             raise error if error is not None and str(error) == agreed else TrainingError(agreed)
         return _train(config, run.path if run is not None else Path(run_dir), ranks, payload=payload, resume=resume,
-                      progress=progress, after_update=after_update, stop_at_step=stop_at_step)
+                      progress=progress, after_update=after_update, stop_at_step=stop_at_step, captured=captured)
     finally:
         if run is not None:
             run.release()
@@ -239,6 +244,11 @@ def _resume_payload(config: Config, resume, ranks) -> dict | None:
     if resume is None:
         return None
     payload = load_checkpoint(resume, resumable=True)
+    trained_on = saved_device_type(payload)
+    if trained_on != ranks.device.type:
+        raise TrainingError(f"{resume} was trained on {trained_on} and this run is on {ranks.device.type}: its random "
+                            f"streams are {trained_on} generators, which cannot continue on another device; resume it "
+                            f"with --device {trained_on} (evaluate, inspect and compare read it on any device)")
     saved = config_from_checkpoint(payload, resume)
     differences = saved.differences(config, ignore=("total_steps",))
     if differences:
@@ -267,14 +277,33 @@ class _NoWriter:
         pass
 
 
-def _train(config, run_dir, ranks, *, payload, resume, progress, after_update, stop_at_step) -> TrainResult:
+def _make_optimizer(model, config: Config, captured: bool) -> torch.optim.Adam:
+    if captured:
+        return capturable_adam(model, config.learning_rate)
+    # One fused kernel per step instead of a handful of ops per parameter: Adam's step took a third
+    # of the time on the 2-core CPU (0.45 -> 0.15 ms per minibatch), about 7% of training.
+    return torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=1e-5, fused=True)
+
+
+def _load_optimizer(optimizer, saved: dict, captured: bool) -> None:
+    """`load_state_dict` also copies the saved run's options (fused or capturable, a float or a
+    tensor learning rate): put back the ones this run's path needs."""
+    optimizer.load_state_dict(saved)
+    if captured:
+        keep_capturable(optimizer)
+        return
+    for group in optimizer.param_groups:
+        group.update(fused=True, capturable=False, foreach=None)
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"] = float(group["lr"])
+
+
+def _train(config, run_dir, ranks, *, payload, resume, progress, after_update, stop_at_step, captured) -> TrainResult:
     device = ranks.device
     torch.manual_seed(config.seed)
     model = ActorCritic.from_config(config).to(device)
     ranks.broadcast_weights(model)
-    # One fused kernel per step instead of a handful of ops per parameter: Adam's step took a third
-    # of the time on the 2-core CPU (0.45 -> 0.15 ms per minibatch), about 7% of training.
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=1e-5, fused=True)
+    optimizer = _make_optimizer(model, config, captured)
     # Under torchrun each rank steps its slice of the envs with streams of its own (rank 0: a lone run's).
     streams = ranks.streams(config.seed, device)
     env = BatchedBreakout(ranks.local_num_envs(config), device=device, sticky_action_prob=config.sticky_action_prob,
@@ -286,7 +315,7 @@ def _train(config, run_dir, ranks, *, payload, resume, progress, after_update, s
     global_step, first_update = 0, 0
     if payload is not None:
         model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
+        _load_optimizer(optimizer, payload["optimizer"], captured)
         own = saved_rank_state(payload, ranks.rank)
         restore_env(env, own)
         obs = env.observe()
@@ -316,6 +345,7 @@ def _train(config, run_dir, ranks, *, payload, resume, progress, after_update, s
             raise TrainingError(error)
         return Path(run_dir) / "checkpoint.pt"
 
+    graphs = CapturedTraining(model, optimizer, env, config, sampler) if captured else None
     process_start = process_start_time()
     start = time.perf_counter()
     start_step = global_step
@@ -325,8 +355,12 @@ def _train(config, run_dir, ranks, *, payload, resume, progress, after_update, s
         with _StopOnSignal(second_stops=ranks.size == 1) as stop:
             for update in range(first_update, config.num_updates):
                 scheduled = annealed(config, update)
-                rollout, obs, episodes = collect_rollout(model, env, obs, config, sampler)
-                metrics = ppo_update(model, optimizer, rollout, scheduled, minibatch_order, ranks)
+                if graphs is not None:
+                    rollout, obs, episodes = graphs.collect()
+                    metrics = graphs.update(scheduled)
+                else:
+                    rollout, obs, episodes = collect_rollout(model, env, obs, config, sampler)
+                    metrics = ppo_update(model, optimizer, rollout, scheduled, minibatch_order, ranks)
                 global_step += config.batch_size
                 # Over all ranks (no-ops in one process): the NaN flag, losses, finished episodes.
                 non_finite = ranks.max(bool(metrics.pop("non_finite")))

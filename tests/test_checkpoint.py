@@ -148,7 +148,7 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
     # The entropy preflight runs the update too; keep its calls out of the count (tested on its own).
     import breakout_ppo.train as training
     from breakout_ppo.preflight import EntropyCheck
-    monkeypatch.setattr(training, "check_entropy_term", lambda config: EntropyCheck(True, 1.0))
+    monkeypatch.setattr(training, "check_entropy_term", lambda config, **where: EntropyCheck(True, 1.0))
     with pytest.raises(TrainingError, match="non-finite loss at update 3"):
         train(config, tmp_path / "run")
     payload = load_checkpoint(tmp_path / "run" / "checkpoint.pt", resumable=True)

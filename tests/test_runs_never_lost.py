@@ -285,7 +285,7 @@ def test_a_non_finite_loss_after_resume_names_the_resumed_checkpoint(tmp_path, m
     train(config.replace(total_steps=4 * 256), tmp_path / "r")
     real_loss = ppo.ppo_loss
     monkeypatch.setattr(ppo, "ppo_loss", lambda *a, **k: (lambda l, m: (l * float("nan"), m))(*real_loss(*a, **k)))
-    monkeypatch.setattr(training, "check_entropy_term", lambda config: EntropyCheck(True, 1.0))
+    monkeypatch.setattr(training, "check_entropy_term", lambda config, **where: EntropyCheck(True, 1.0))
     with pytest.raises(TrainingError, match=f"last good checkpoint: {tmp_path / 'r' / 'checkpoint.pt'}$"):
         train(config, tmp_path / "r", resume=tmp_path / "r" / "checkpoint.pt")
 
