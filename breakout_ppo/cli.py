@@ -134,16 +134,17 @@ def cli():
 
 
 @cli.command()
-@click.option("--preset", "preset_name", type=click.Choice(list(PRESETS)), default="default", show_default=True,
-              help="Starting point for the config; flags below override it.")
+@click.option("--preset", "preset_name", type=click.Choice(list(PRESETS)), default=None,
+              help="Starting point for the config; flags below override it.  [default: default; gpu for a new "
+                   "run on CUDA; with --resume, the checkpoint's own config]")
 @click.option("--run-name", default=None,
               help="Directory name under --logdir, new or empty (default: time-stamped; with --resume: the "
                    "checkpoint's own folder).")
 @click.option("--logdir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_LOGDIR,
               show_default=True, help="Parent directory of runs (TensorBoard's --logdir).")
 @click.option("--resume", type=click.Path(path_type=Path), default=None,
-              help="Continue the run this checkpoint belongs to, in its folder (same flags as the original "
-                   "run; --total-steps may grow). With --run-name, continue it as a new run there instead.")
+              help="Continue the run this checkpoint belongs to, in its folder, with its config (flags given must "
+                   "match it; --total-steps may grow). With --run-name, continue it as a new run there instead.")
 @click.option("--instrument-every", type=click.IntRange(min=1), default=None, metavar="K",
               help="Every K updates, log the instrument panel (video, saliency, heatmap, histograms).")
 @click.option("--snapshot-at", default="", metavar="SECONDS,...",
@@ -151,9 +152,13 @@ def cli():
 @click.option("--stop-at-step", type=click.IntRange(min=1), default=None, metavar="STEPS",
               help="Studies at equal steps: stop with a checkpoint once this many steps are done; the "
                    "learning-rate schedule still runs over --total-steps.")
+@click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
+              help="On one CUDA device, replay each rollout and update as a captured CUDA graph (no effect on the "
+                   "CPU or under torchrun); off: the eager reference.")
 @device_option
 @config_options
-def train(preset_name, run_name, logdir, resume, instrument_every, snapshot_at, stop_at_step, device, **overrides):
+def train(preset_name, run_name, logdir, resume, instrument_every, snapshot_at, stop_at_step, cuda_graphs, device,
+          **overrides):
     """Train PPO and log to TensorBoard under runs/<run-name>/.
 
     Ctrl-C or SIGTERM finishes the current update, saves checkpoint.pt and exits with 130 or 143
@@ -169,16 +174,13 @@ def train(preset_name, run_name, logdir, resume, instrument_every, snapshot_at, 
     from breakout_ppo.train import TimedSnapshots, TrainingError, train as run_training
 
     overrides = {k: (None if v == NO_LIMIT else v) for k, v in overrides.items() if v is not None}
-    try:
-        config = preset(preset_name, **overrides)
-    except (ValueError, TypeError) as error:
-        raise click.UsageError(str(error)) from None
+    device = resolve_device(device)
+    config = starting_config(preset_name, resume, device, overrides)
     try:
         snapshot_seconds = [float(t) for t in snapshot_at.split(",") if t.strip()]
     except ValueError:
         raise click.BadParameter(f"expected seconds separated by commas, got {snapshot_at!r}",
                                  param_hint="--snapshot-at") from None
-    device = resolve_device(device)
     if run_name is not None:
         run_dir = logdir / check_run_name(run_name)
     elif resume is not None:
@@ -199,7 +201,7 @@ def train(preset_name, run_name, logdir, resume, instrument_every, snapshot_at, 
         click.echo(f"training on {device}: {config.total_steps:,} steps, run {run_dir}", err=True)
     try:
         result = run_training(config, run_dir, device=device, resume=resume, progress=bar.update,
-                              after_update=after_update, stop_at_step=stop_at_step)
+                              after_update=after_update, stop_at_step=stop_at_step, cuda_graphs=cuda_graphs)
     except ProcessGroupError as error:  # this process's own loss: each survivor says it
         raise click.ClickException(str(error)) from None
     except (CheckpointError, TrainingError) as error:  # found or agreed on by every rank: rank 0 says it
@@ -231,6 +233,36 @@ def train(preset_name, run_name, logdir, resume, instrument_every, snapshot_at, 
         click.echo(f"stopped at {result.global_step:,} steps as asked, checkpoint {result.last_checkpoint}", err=True)
     else:
         click.echo(f"done: {result.global_step:,} steps, checkpoint {result.last_checkpoint}", err=True)
+
+
+def starting_config(preset_name, resume, device, overrides: dict) -> Config:
+    """The config `train` runs: the preset named, or without --preset the checkpoint's own config
+    when resuming, the gpu preset for a new run on CUDA (said on stderr), else the default; then
+    the flags given."""
+    from breakout_ppo.checkpoint import CheckpointError, config_from_checkpoint, load_checkpoint
+
+    try:
+        if preset_name is None and resume is not None:
+            try:
+                saved = config_from_checkpoint(load_checkpoint(resume), resume)
+            except CheckpointError as error:
+                raise click.ClickException(str(error)) from None
+            return saved.replace(**overrides).validate()
+        if preset_name is None:
+            preset_name = "gpu" if device.type == "cuda" else "default"
+            if preset_name == "gpu" and launched_rank_is_writer():
+                click.echo("no --preset on a GPU: using the gpu preset (" + ", ".join(
+                    f"{k.replace('_', '-')} {v:,}" for k, v in PRESETS["gpu"].items()) + "); --preset default for "
+                    "the CPU's", err=True)
+        return preset(preset_name, **overrides)
+    except (ValueError, TypeError) as error:
+        raise click.UsageError(str(error)) from None
+
+
+def launched_rank_is_writer() -> bool:
+    from breakout_ppo.distributed import launched_rank
+
+    return launched_rank() == 0
 
 
 def check_run_name(name: str) -> str:

@@ -185,6 +185,10 @@ PRESETS = {
     "default": {},
     # Seconds on a laptop CPU: for tests and for checking an installation.
     "smoke": dict(total_steps=8 * 32 * 4, num_envs=8, num_steps=32, num_minibatches=2, update_epochs=2, checkpoint_every=2),
+    # One GPU: 8x the envs, so a rollout fills the GPU, and about as many updates in ~60 s at the
+    # target 2M steps/s as the default makes in its 14M steps. Provisional: chosen before any GPU
+    # run; benchmarks/gpu_check.sh measures its time-to-score (docs/training.md).
+    "gpu": dict(num_envs=8192, total_steps=120_000_000, checkpoint_every=200),
 }
 
 

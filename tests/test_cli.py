@@ -56,6 +56,23 @@ def test_stop_at_step_stops_there_with_a_checkpoint(tmp_path):
     assert saved["update"] == 2 and saved["config"]["total_steps"] == 1024
 
 
+def test_a_resume_without_preset_keeps_the_checkpoints_config(tmp_path):
+    first = run("train", "--preset", "smoke", "--learning-rate", "0.001", "--hidden", "32", "--run-name", "r",
+                "--logdir", tmp_path, "--device", "cpu")
+    assert first.exit_code == 0, first.output
+    # No --preset and no flags but a longer run: the smoke preset and its changed fields carry on.
+    more = run("train", "--resume", tmp_path / "r" / "checkpoint.pt", "--total-steps", "2048", "--device", "cpu")
+    assert more.exit_code == 0, more.output
+    saved = load_checkpoint(tmp_path / "r" / "checkpoint.pt", resumable=True)
+    assert saved["global_step"] == 2048
+    assert saved["config"]["learning_rate"] == 0.001 and saved["config"]["hidden"] == 32
+    assert saved["config"]["num_envs"] == 8  # the smoke preset's
+    # A flag that contradicts the checkpoint is still refused, naming the field.
+    other = run("train", "--resume", tmp_path / "r" / "checkpoint.pt", "--total-steps", "4096",
+                "--learning-rate", "0.002", "--device", "cpu")
+    assert other.exit_code == 1 and "learning_rate 0.001 -> 0.002" in other.output
+
+
 BAD_FLAGS = [
     ("train", "--num-envs", "0"),
     ("train", "--learning-rate", "-1"),
