@@ -7,6 +7,10 @@ default 0.1, reset on terminal, random actions from the minimal set {0, 1, 3} dr
 that only the env is timed). Ours is `BatchedBreakout(N).step` with random actions generated on
 the device beforehand; one batched step counts as N env-steps.
 
+On CUDA each batch size is also stepped as a captured CUDA graph (`--device cuda`): a block of
+`STEPS_PER_GRAPH` steps recorded once and replayed, so the GPU no longer waits on Python launching
+each step's kernels; those rows give the GPU memory the env and its graph hold.
+
 Each measurement warms up first (allocations, caches, CUDA kernels), then times a fixed number of
 steps chosen to last about `--seconds`; on CUDA the clock is read only after a synchronise. The
 reference and every N are measured in interleaved rounds, so slow spells on a shared machine hit
@@ -37,6 +41,8 @@ from breakout_ppo.env import MINATAR_ACTIONS, BatchedBreakout
 
 BATCH_SIZES = (1, 64, 1024, 4096, 16384)
 CUDA_ONLY_BATCH_SIZES = (65536,)
+CAPTURED_BATCH_SIZES = (4096, 16384, 65536, 262144)
+STEPS_PER_GRAPH = 64
 ACTION_POOL = 64  # distinct pre-drawn action rows, cycled: enough to avoid any pattern, small in memory
 
 
@@ -89,6 +95,31 @@ class BatchedRunner:
             torch.cuda.synchronize(self.device)
 
 
+class CapturedRunner(BatchedRunner):
+    """`STEPS_PER_GRAPH` steps of `BatchedBreakout(n)` captured as one CUDA graph; one call replays it."""
+
+    def __init__(self, n, device, seed=0):
+        before = torch.cuda.memory_allocated(device)
+        super().__init__(n, device, seed)
+        self.name = f"N={n} CUDA graph"
+        self.envs_per_step = n * STEPS_PER_GRAPH
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm up off the capture, as CUDA graphs ask
+            BatchedRunner.run(self, 3)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        self.graph.register_generator_state(self.env.generator)  # each replay draws new sticky actions
+        with torch.cuda.graph(self.graph):
+            BatchedRunner.run(self, STEPS_PER_GRAPH)
+        torch.cuda.synchronize(device)
+        self.gpu_mib = (torch.cuda.memory_allocated(device) - before) / 2**20
+
+    def run(self, steps):
+        for _ in range(steps):
+            self.graph.replay()
+
+
 def timed(runner, steps):
     """Seconds for `steps` calls, with any queued device work finished on both sides of the clock."""
     runner.sync()
@@ -139,6 +170,8 @@ def main():
 
     sizes = BATCH_SIZES + (CUDA_ONLY_BATCH_SIZES if device.type == "cuda" else ())
     runners = [MinatarRunner()] + [BatchedRunner(n, device) for n in sizes]
+    if device.type == "cuda":
+        runners += [CapturedRunner(n, device) for n in CAPTURED_BATCH_SIZES]
     steps = [calibrate(r, args.seconds) for r in runners]
     rates = [[] for _ in runners]  # env-steps per second, one entry per round
     for _ in range(args.repeats):
@@ -152,11 +185,13 @@ def main():
         rows.append(
             {
                 "env": runner.name,
-                "num_envs": runner.envs_per_step,
+                "num_envs": runner.env.num_envs if isinstance(runner, BatchedRunner) else 1,
+                "steps_per_call": runner.envs_per_step,
+                "gpu_mib": getattr(runner, "gpu_mib", None),
                 "steps_per_s_median": median,
                 "steps_per_s_min": min(out),
                 "steps_per_s_max": max(out),
-                "us_per_call": 1e6 * runner.envs_per_step / median,
+                "us_per_step": 1e6 * runner.envs_per_step / median / (STEPS_PER_GRAPH if hasattr(runner, "graph") else 1),
                 "ratio_to_minatar": median / reference,
             }
         )
@@ -164,12 +199,14 @@ def main():
     print(f"env steps/s on {device} ({device_name(device)}), torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads; "
           f"median of {args.repeats} x {args.seconds:g} s")
-    header = f"{'env':<25} {'median/s':>12} {'min/s':>12} {'max/s':>12} {'us/call':>10} {'x minatar':>10}"
+    header = (f"{'env':<25} {'median/s':>14} {'min/s':>14} {'max/s':>14} {'us/step':>10} {'x minatar':>10}"
+              f" {'GPU MiB':>8}")
     print(header)
     print("-" * len(header))
     for row in rows:
-        print(f"{row['env']:<25} {row['steps_per_s_median']:>12,.0f} {row['steps_per_s_min']:>12,.0f} "
-              f"{row['steps_per_s_max']:>12,.0f} {row['us_per_call']:>10,.1f} {row['ratio_to_minatar']:>10.1f}")
+        memory = "" if row["gpu_mib"] is None else f"{row['gpu_mib']:8,.0f}"
+        print(f"{row['env']:<25} {row['steps_per_s_median']:>14,.0f} {row['steps_per_s_min']:>14,.0f} "
+              f"{row['steps_per_s_max']:>14,.0f} {row['us_per_step']:>10,.1f} {row['ratio_to_minatar']:>10.1f} {memory}")
 
     if args.json_path:
         result = {

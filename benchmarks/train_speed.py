@@ -6,7 +6,11 @@ the last snapshot; then each snapshot is evaluated on 1024 episodes of sticky-ac
 Breakout capped at 10,000 steps, with the sampled policy. Run it on an otherwise idle machine:
 the figures are wall-clock seconds.
 
+On a GPU (`--device cuda`) each seed trains twice, on the captured CUDA graphs and on the eager
+path (`--no-cuda-graphs`), one after the other, and the snapshots are evaluated on the GPU.
+
     python benchmarks/train_speed.py --seeds 1,2,3 --json /tmp/train_speed.json
+    python benchmarks/train_speed.py --device cuda --snapshots 15,60 --targets 40,100 -- --preset gpu
 """
 
 from __future__ import annotations
@@ -28,10 +32,13 @@ from breakout_ppo.evaluate import evaluate
 from breakout_ppo.events import ELAPSED_SECONDS, EPISODIC_RETURN, read_scalars
 
 
-def train_with_snapshots(seed, snapshots, logdir, extra_args):
-    run_name = f"seed{seed}"
+PATHS = {"cpu": {"": []}, "cuda": {"graphs": ["--cuda-graphs"], "eager": ["--no-cuda-graphs"]}}
+
+
+def train_with_snapshots(seed, snapshots, logdir, extra_args, device="cpu", path=""):
+    run_name = f"seed{seed}" + (f"-{path}" if path else "")
     command = [sys.executable, "cli.py", "train", "--run-name", run_name, "--logdir", str(logdir),
-               "--seed", str(seed), "--device", "cpu",
+               "--seed", str(seed), "--device", device, *PATHS[device][path],
                "--snapshot-at", ",".join(f"{t:g}" for t in snapshots), *extra_args]
     run_dir = Path(logdir) / run_name
     last = run_dir / f"snapshot-{max(snapshots):g}s.pt"
@@ -52,7 +59,7 @@ def train_with_snapshots(seed, snapshots, logdir, extra_args):
     return run_dir
 
 
-def evaluate_snapshots(run_dir, seed, snapshots, episodes, label=""):
+def evaluate_snapshots(run_dir, seed, snapshots, episodes, label="", device="cpu"):
     """One row per snapshot: the sampled policy's return over `episodes` episodes of sticky-action
     Breakout capped at 10,000 steps, with the snapshot's time and step count."""
     rows = []
@@ -61,10 +68,10 @@ def evaluate_snapshots(run_dir, seed, snapshots, episodes, label=""):
         if not path.exists():
             continue
         payload = load_checkpoint(path)
-        model, _ = load_agent(path)
-        result = evaluate(model, episodes=episodes, sticky_action_prob=0.1, max_episode_steps=10_000,
+        model, _ = load_agent(path, device=device)
+        result = evaluate(model, episodes=episodes, device=device, sticky_action_prob=0.1, max_episode_steps=10_000,
                           seed=10_000 + seed)
-        row = {"seed": seed, "deadline_s": t, "snapshot_s": payload["elapsed_seconds"],
+        row = {"seed": seed, "path": label.strip(": ") or "eager", "deadline_s": t, "snapshot_s": payload["elapsed_seconds"],
                "steps": payload["global_step"], **result.summary()}
         row["sps"] = row["steps"] / row["snapshot_s"]
         rows.append(row)
@@ -90,7 +97,7 @@ def training_curve(run_dir):
     return [float(p[0]) for p in points], [float(p[1]) for p in points]
 
 
-def plot_curves(logdir, seeds, rows, targets, path):
+def plot_curves(logdir, seeds, rows, targets, path, suffix=""):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,7 +106,7 @@ def plot_curves(logdir, seeds, rows, targets, path):
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
     for i, seed in enumerate(seeds):
         colour = f"C{i}"
-        x, y = training_curve(Path(logdir) / f"seed{seed}")
+        x, y = training_curve(Path(logdir) / f"seed{seed}{suffix}")
         ax.plot(x, y, color=colour, alpha=0.35, lw=1, label=f"seed {seed}: training return")
         mine = [r for r in rows if r["seed"] == seed]
         ax.errorbar([r["snapshot_s"] for r in mine], [r["mean"] for r in mine], yerr=[r["ci95"] for r in mine],
@@ -126,6 +133,10 @@ def main():
     parser.add_argument("--logdir", default=None,
                         help="where the runs go (default: a temporary directory); runs already there are evaluated, "
                              "not rerun")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: each seed on the CUDA graphs and on the eager path")
+    parser.add_argument("--eager-seeds", default=None,
+                        help="cuda: train the eager path on these seeds only (default: every seed)")
     parser.add_argument("--json", dest="json_path", default=None)
     parser.add_argument("--plot", default=None, help="write learning curves (PNG) here")
     parser.add_argument("train_args", nargs="*", help="extra flags for `cli.py train`, after --")
@@ -136,25 +147,36 @@ def main():
     targets = [float(t) for t in args.targets.split(",")]
     logdir = Path(args.logdir or tempfile.mkdtemp(prefix="train_speed-"))
 
+    eager_seeds = seeds if args.eager_seeds is None else [int(s) for s in args.eager_seeds.split(",")]
     rows = []
     for seed in seeds:
-        run_dir = train_with_snapshots(seed, snapshots, logdir, args.train_args)
-        rows += evaluate_snapshots(run_dir, seed, snapshots, args.episodes)
+        for path in PATHS[args.device]:
+            if path == "eager" and seed not in eager_seeds:
+                continue
+            run_dir = train_with_snapshots(seed, snapshots, logdir, args.train_args, args.device, path)
+            rows += evaluate_snapshots(run_dir, seed, snapshots, args.episodes, f"{path}: " if path else "",
+                                       args.device)
 
     print()
-    header = f"{'seed':>4} " + " ".join(f"{f't<={t:g}s':>12}" for t in snapshots) + "  " + \
-        " ".join(f"{f'time to {x:g}':>12}" for x in targets)
+    header = f"{'seed':>4} {'path':>6} " + " ".join(f"{f't<={t:g}s':>12}" for t in snapshots) + "  " + \
+        " ".join(f"{f'time to {x:g}':>12}" for x in targets) + f" {'SPS at last':>12}"
     print(header)
     summary = {}
     for seed in seeds:
-        mine = [r for r in rows if r["seed"] == seed]
-        cells = " ".join(f"{r['mean']:12.2f}" for r in mine)
-        reach = time_to_targets(mine, targets)
-        summary[seed] = reach
-        print(f"{seed:>4} {cells}  " + " ".join(f"{(f'<={v:g}s' if v else 'not reached'):>12}" for v in reach.values()))
+        for path in PATHS[args.device]:
+            mine = [r for r in rows if r["seed"] == seed and r["path"] == (path or "eager")]
+            if not mine:
+                continue
+            cells = " ".join(f"{r['mean']:12.2f}" for r in mine)
+            reach = time_to_targets(mine, targets)
+            summary[f"{seed}{'-' + path if path else ''}"] = reach
+            print(f"{seed:>4} {path or 'eager':>6} {cells}  " + " ".join(
+                f"{(f'<={v:g}s' if v else 'not reached'):>12}" for v in reach.values()) +
+                f" {mine[-1]['sps'] if mine else float('nan'):>12,.0f}")
 
     if args.plot:
-        plot_curves(logdir, seeds, rows, targets, args.plot)
+        plot_curves(logdir, seeds, [r for r in rows if r["path"] != "eager" or args.device == "cpu"], targets,
+                    args.plot, suffix="-graphs" if args.device == "cuda" else "")
 
     if args.json_path:
         write_json(args.json_path, "train_speed", args, episodes=args.episodes, rows=rows,
