@@ -757,6 +757,11 @@ def enqueue_confirmation(study, plan: SweepPlan) -> bool:
     return True
 
 
+def prune_episodes(eval_episodes: int) -> int:
+    """Episodes of a pruned search's intermediate evaluations: a quarter of the final one's."""
+    return max(16, eval_episodes // 4)
+
+
 class PruneCheck:
     """The intermediate evaluations of a pruned search trial, at a quarter, half and three quarters
     of its updates (`steps`): training stops there with its checkpoint (see run_trial), whose model
@@ -764,7 +769,7 @@ class PruneCheck:
     pruner says stop, optuna.TrialPruned is raised and the checkpoint stays, to inspect or resume."""
 
     def __init__(self, trial, config: Config, eval_episodes: int):
-        self.trial, self.episodes = trial, max(16, eval_episodes // 4)
+        self.trial, self.episodes = trial, prune_episodes(eval_episodes)
         updates = config.num_updates
         self.steps = [u * config.batch_size
                       for u in sorted({max(1, round(updates * f)) for f in (0.25, 0.5, 0.75)} - {updates})]

@@ -12,6 +12,7 @@ evaluation vary far less than training does from seed to seed; their interval wo
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 
 from breakout_ppo.events import ENTROPY as ENTROPY_TAG, EPISODIC_RETURN as RETURN_TAG
 from breakout_ppo.stats import mean_ci, welch
-from breakout_ppo.sweep import SweepPlan, point_label
+from breakout_ppo.sweep import SweepPlan, point_label, prune_episodes
 
 SIGNIFICANCE = 0.05
 
@@ -255,8 +256,7 @@ def write_report(study, out_dir) -> SweepReport:
         search = collect_search(study, plan)
         results, missing, runs, seeds = search.confirmed, search.missing, search.runs, list(plan.seeds[1:])
         figures["search"] = out_dir / "sweep_search.png"
-        plot_search(search, plan, f"Search trials: final return on seed {plan.seeds[0]}\n{subtitle}",
-                    figures["search"])
+        plot_search(search, plan, f"Search trials on seed {plan.seeds[0]}\n{subtitle}", figures["search"])
         intro = [f"# Search `{name}`", "", "    " + plan.command_line(name), "",
                  f"Preset `{plan.preset}`, {budget:,} environment steps per run. " + search_summary(search, plan),
                  "", *search_table(search, plan), "",
@@ -390,26 +390,64 @@ def search_table(search: SearchResults, plan: SweepPlan, rows: int = 10) -> list
     return lines
 
 
+def log_ticks(low: float, high: float, most: int = 5) -> list[float]:
+    """A few round values (1, 2 or 5 times a power of ten) between `low` and `high` for a log axis:
+    the powers of ten when at least three fall in the range, else 1-2-5 steps; thinned to `most`."""
+    decades = range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
+    powers = [10.0 ** k for k in decades if low <= 10.0 ** k <= high]
+    round_values = sorted(m * 10.0 ** k for k in decades for m in (1, 2, 5) if low <= m * 10.0 ** k <= high)
+    ticks = powers if len(powers) >= 3 else round_values or [low, high]
+    return ticks[::math.ceil(len(ticks) / most)]
+
+
 def plot_search(search: SearchResults, plan: SweepPlan, title: str, path: Path) -> None:
-    """One panel per searched field: each trial's value of it against its final return (pruned
-    trials at their last intermediate evaluation, in grey)."""
+    plt = _pyplot()
+    fig = search_figure(search, plan, title)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def search_figure(search: SearchResults, plan: SweepPlan, title: str):
+    """One panel per searched field: each trial's value of it against its return. A complete
+    trial's is its final evaluation; a pruned trial has none, so it is drawn apart, at its last
+    intermediate evaluation (a quarter of the episodes), in a marker of its own for each step
+    trials were pruned at."""
+    from matplotlib.ticker import NullFormatter
     from optuna.trial import TrialState
 
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(plan.search), figsize=(4 * len(plan.search), 3.6), dpi=120, squeeze=False)
+    complete = [t for t in search.trials if t.state == TrialState.COMPLETE]
+    pruned = {}
+    for trial in search.trials:
+        if trial.state == TrialState.PRUNED and trial.intermediate_values:
+            pruned.setdefault(max(trial.intermediate_values), []).append(trial)
+    series = [(complete, [t.value for t in complete], dict(marker="o", color="C0"),
+               f"complete: final return ({plan.eval_episodes} episodes)")]
+    styles = zip(itertools.cycle(("C1", "C3", "C4", "C5", "C6")), itertools.cycle(("v", "<", "^", ">", "s", "D")))
+    for (step, trials), (colour, marker) in zip(sorted(pruned.items()), styles):
+        series.append((trials, [t.intermediate_values[step] for t in trials],
+                       dict(marker=marker, color=colour, facecolors="none"),
+                       f"pruned at step {step:,}: its last intermediate return "
+                       f"({prune_episodes(plan.eval_episodes)} episodes)"))
+    fig, axes = plt.subplots(1, len(plan.search), figsize=(4 * len(plan.search), 3.9), dpi=120, squeeze=False)
     for ax, (field, dist, low, high) in zip(axes[0], plan.search):
-        for state, colour, label in ((TrialState.COMPLETE, "C0", "complete"), (TrialState.PRUNED, "grey", "pruned")):
-            trials = [t for t in search.trials if t.state == state and field in t.params]
-            values = [t.value if state == TrialState.COMPLETE else
-                      (list(t.intermediate_values.values()) or [math.nan])[-1] for t in trials]
-            ax.scatter([t.params[field] for t in trials], values, s=16, color=colour, label=label)
+        for trials, values, style, label in series:
+            ax.scatter([t.params[field] for t in trials if field in t.params],
+                       [v for t, v in zip(trials, values) if field in t.params], s=22, label=label, **style)
         if dist in ("log", "logint"):
+            # A few round values, labelled plainly: matplotlib labels the minor ticks too when the
+            # range spans few decades, and those labels overlap.
             ax.set_xscale("log")
-        ax.set_xlabel(field)
+            ax.set_xlim(low / (high / low) ** 0.04, high * (high / low) ** 0.04)
+            ticks = log_ticks(low, high)
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(f"{field} ({dist} {low:g} to {high:g})", fontsize=9)
+        ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("final evaluation return")
-    axes[0][0].legend(fontsize=7)
+    axes[0][0].set_ylabel("evaluation return")
+    handles, labels = axes[0][0].get_legend_handles_labels()
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    fig.legend(handles, labels, loc="lower center", ncol=min(2, len(labels)), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 * math.ceil(len(labels) / 2) + 0.02, 1, 1))
+    return fig

@@ -22,7 +22,7 @@ from breakout_ppo import cli
 from breakout_ppo.checkpoint import load_checkpoint
 from breakout_ppo.stats import mean_ci, welch
 from breakout_ppo.sweep import SweepPlan, default_storage, open_storage
-from breakout_ppo.sweep_report import write_report
+from breakout_ppo.sweep_report import collect_search, log_ticks, search_figure, write_report
 from breakout_ppo.train import train
 from support.ctrl_c import interrupt_after
 
@@ -386,3 +386,42 @@ def test_a_pruned_trial_keeps_its_checkpoint_at_the_prune_step_and_resumes_from_
     a = load_checkpoint(resumed.last_checkpoint, resumable=True)["model"]
     b = load_checkpoint(straight.last_checkpoint, resumable=True)["model"]
     assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+@pytest.mark.parametrize("low, high, ticks", [
+    (1e-4, 0.3, [1e-4, 1e-3, 1e-2, 1e-1]),  # powers of ten where three or more fit
+    (1e-4, 1e-2, [1e-4, 1e-3, 1e-2]),
+    (1e-6, 1.0, [1e-6, 1e-4, 1e-2, 1.0]),  # at most five: every other one
+    (1e-4, 5e-4, [1e-4, 2e-4, 5e-4]),  # else 1, 2 and 5 times them
+    (8, 256, [10, 20, 50, 100, 200]),
+    (3e-4, 4e-4, [3e-4, 4e-4]),  # else the ends
+])
+def test_a_log_axis_gets_a_few_round_ticks(low, high, ticks):
+    assert log_ticks(low, high) == pytest.approx(ticks)
+
+
+def test_the_search_plot_draws_pruned_trials_apart_at_their_last_intermediate_return():
+    from breakout_ppo.sweep import study_definition
+
+    plan = SweepPlan("smoke", {}, (1,), eval_episodes=64, search=(("learning_rate", "log", 1e-4, 5e-4),),
+                     trials=4, prune=True)
+    study = optuna.create_study(study_name="pruned", direction="maximize")
+    study.set_user_attr("sweep", json.loads(json.dumps(study_definition(plan))))
+    lr = optuna.distributions.FloatDistribution(1e-4, 5e-4, log=True)
+    for number, (state, value, intermediate) in enumerate([
+            (TrialState.COMPLETE, 9.0, {256: 4.0, 512: 6.0, 768: 8.0}), (TrialState.PRUNED, None, {256: 1.0}),
+            (TrialState.PRUNED, None, {256: 3.0, 512: 2.0}), (TrialState.COMPLETE, 7.0, {256: 5.0})]):
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=value, params={"learning_rate": 1e-4 * (1 + number)}, distributions={"learning_rate": lr},
+            intermediate_values=intermediate, user_attrs={"run": f"trial={number},seed=1", "phase": "search", "seed": 1}))
+    figure = search_figure(collect_search(study, plan), plan, "title")
+    assert [text.get_text() for text in figure.legends[0].texts] == [
+        "complete: final return (64 episodes)",
+        "pruned at step 256: its last intermediate return (16 episodes)",
+        "pruned at step 512: its last intermediate return (16 episodes)"]
+    # (learning rate, return) of each point, in the order of the legend
+    complete, at_256, at_512 = (c.get_offsets().ravel().tolist() for c in figure.axes[0].collections)
+    assert complete == pytest.approx([1e-4, 9.0, 4e-4, 7.0])
+    assert (at_256, at_512) == (pytest.approx([2e-4, 1.0]), pytest.approx([3e-4, 2.0]))
+    assert [label.get_text() for label in figure.axes[0].get_xticklabels()] == ["0.0001", "0.0002", "0.0005"]
+    figure.clf()
