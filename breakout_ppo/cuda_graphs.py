@@ -73,7 +73,17 @@ class CapturedTraining:
         self.model, self.optimizer, self.env, self.config, self.sampler = model, optimizer, env, config, sampler
         self.ent_coef = torch.zeros((), device=env.device)
         generators = {id(g): g for g in (env.generator, sampler)}.values()
-        self._warm_up()
+
+        def one_update():
+            rollout, _, _ = ppo.collect_rollout(model, env, env.observe(), config, sampler, static_shapes=True)
+            ppo.optimise(model, optimizer, rollout, config.replace(ent_coef=self.ent_coef), sampler)
+
+        # CUDA's capture rules ask for a warm-up (cuBLAS workspaces, Adam's state) on a side stream.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            run_and_undo(one_update, model, optimizer, env, sampler)
+        torch.cuda.current_stream().wait_stream(side)
 
         self.rollout_graph = torch.cuda.CUDAGraph()
         self.update_graph = torch.cuda.CUDAGraph()
@@ -99,34 +109,33 @@ class CapturedTraining:
         self.update_graph.replay()
         return dict(self.metrics)
 
-    def _warm_up(self):
-        """One eager rollout and update on a side stream (as CUDA's capture rules ask), then every
-        piece of state put back in place: training starts from exactly where it stood."""
-        model, optimizer, env, sampler = self.model, self.optimizer, self.env, self.sampler
-        weights = {name: t.clone() for name, t in model.state_dict().items()}
-        adam = {p: {k: v.clone() for k, v in s.items()} for p, s in optimizer.state.items()}
-        games, env_rng, sampler_rng = env.save_state(), env.generator.get_state(), sampler.get_state()
-        lr = [group["lr"].clone() for group in optimizer.param_groups]
 
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            rollout, _, _ = ppo.collect_rollout(model, env, env.observe(), self.config, sampler, static_shapes=True)
-            ppo.optimise(model, optimizer, rollout, self.config.replace(ent_coef=self.ent_coef), sampler)
-        torch.cuda.current_stream().wait_stream(side)
-
-        with torch.no_grad():
-            for name, t in model.state_dict().items():
-                t.copy_(weights[name])
-            for p, state in optimizer.state.items():  # Adam's state now exists for every parameter
-                for key, value in state.items():
-                    if p in adam:
-                        value.copy_(adam[p][key])
-                    else:
-                        value.zero_()  # a fresh Adam's moments and step count
-            for group, value in zip(optimizer.param_groups, lr):
-                group["lr"].copy_(value)
-        optimizer.zero_grad(set_to_none=True)
-        env.load_state(games)
-        env.generator.set_state(env_rng)
-        sampler.set_state(sampler_rng)
+def run_and_undo(work, model, optimizer, env: BatchedBreakout, sampler: torch.Generator) -> None:
+    """Run `work()` (a rollout and an update, say) and then put every piece of training state back in
+    place, into the same tensors: weights, Adam's state (created by `work` if it did not exist: then
+    zeroed, which is what a fresh Adam's first step starts from), learning rates, the env's games and
+    counters, and both random streams. Training then starts from exactly where it stood."""
+    weights = {name: t.clone() for name, t in model.state_dict().items()}
+    adam = {p: {k: v.clone() for k, v in s.items()} for p, s in optimizer.state.items()}
+    learning_rates = [group["lr"].clone() if isinstance(group["lr"], torch.Tensor) else group["lr"]
+                      for group in optimizer.param_groups]
+    games, env_rng, sampler_rng = env.save_state(), env.generator.get_state(), sampler.get_state()
+    work()
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            t.copy_(weights[name])
+        for p, state in optimizer.state.items():
+            for key, value in state.items():
+                if p in adam:
+                    value.copy_(adam[p][key])
+                else:
+                    value.zero_()  # a fresh Adam's moments and step count
+        for group, lr in zip(optimizer.param_groups, learning_rates):
+            if isinstance(lr, torch.Tensor):
+                group["lr"].copy_(lr)
+            else:
+                group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    env.load_state(games)
+    env.generator.set_state(env_rng)
+    sampler.set_state(sampler_rng)

@@ -65,6 +65,43 @@ def test_a_checkpoint_from_another_device_is_refused_in_one_line(tmp_path):
     assert sorted(p.name for p in moved.parent.iterdir()) == ["checkpoint.pt"]  # nothing written
 
 
+def _training_state(updates_before: int, seed=2):
+    """Model, fused Adam, env and sampler of a smoke run after `updates_before` updates."""
+    config = preset("smoke", max_episode_steps=20)
+    torch.manual_seed(seed)
+    model = ActorCritic.from_config(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=1e-5, fused=True)
+    env = BatchedBreakout(config.num_envs, max_episode_steps=20, seed=seed, partial_wall_prob=0.5)
+    env.reset()
+    sampler = torch.Generator().manual_seed(seed + 1)
+    for _ in range(updates_before):
+        _one_update(config, model, optimizer, env, sampler)
+    return config, model, optimizer, env, sampler
+
+
+def _one_update(config, model, optimizer, env, sampler):
+    rollout, _, _ = collect_rollout(model, env, env.observe(), config, sampler)
+    ppo_update(model, optimizer, rollout, config, sampler)
+
+
+@pytest.mark.parametrize("updates_before", [0, 2], ids=["fresh Adam", "Adam with state"])
+def test_the_warm_up_before_capture_leaves_training_exactly_where_it_stood(updates_before):
+    from breakout_ppo.cuda_graphs import run_and_undo
+
+    config, model, optimizer, env, sampler = _training_state(updates_before)
+    _, twin_model, twin_optimizer, twin_env, twin_sampler = _training_state(updates_before)
+    run_and_undo(lambda: [_one_update(config, model, optimizer, env, sampler) for _ in range(2)],
+                 model, optimizer, env, sampler)
+    assert all(state for state in optimizer.state.values())  # the warm-up made Adam's state
+    for _ in range(2):  # from here the two train alike, bit for bit
+        _one_update(config, model, optimizer, env, sampler)
+        _one_update(config, twin_model, twin_optimizer, twin_env, twin_sampler)
+    for p, q in zip(model.parameters(), twin_model.parameters()):
+        assert torch.equal(p, q)
+    assert torch.equal(env.observe(), twin_env.observe())
+    assert torch.equal(sampler.get_state(), twin_sampler.get_state())
+
+
 # --- On a GPU -----------------------------------------------------------------------------------
 
 
