@@ -73,6 +73,15 @@ def test_a_resume_without_preset_keeps_the_checkpoints_config(tmp_path):
     assert other.exit_code == 1 and "learning_rate 0.001 -> 0.002" in other.output
 
 
+def test_a_new_run_on_cuda_without_preset_takes_the_gpu_preset_and_says_so(capsys):
+    # Only the device's type is read: no GPU needed to check the choice.
+    config = cli.starting_config(None, None, torch.device("cuda"), {"seed": 4})
+    assert config == cli.preset("gpu", seed=4)
+    assert "using the gpu preset" in capsys.readouterr().err
+    assert cli.starting_config(None, None, torch.device("cpu"), {}) == cli.preset("default")
+    assert cli.starting_config("default", None, torch.device("cuda"), {}) == cli.preset("default")
+
+
 BAD_FLAGS = [
     ("train", "--num-envs", "0"),
     ("train", "--learning-rate", "-1"),
