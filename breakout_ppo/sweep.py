@@ -411,14 +411,14 @@ def enqueue_trials(study, plan: SweepPlan) -> None:
             study.enqueue_trial(run.params, user_attrs={"run": run.name, "order": order, "attempt": 1},
                                 skip_if_exists=True)
     else:
-        # skip_if_exists compares parameters, and these have none yet: compare the runs instead.
-        queued = {trial.user_attrs.get("run") for trial in study.get_trials(deepcopy=False)}
+        # Counted by run, as skip_if_exists cannot (these have no parameters yet), so that queueing
+        # again adds only what is missing. In a new study they are its first trials: trial=N is trial N.
+        runs = {t.user_attrs["run"] for t in study.get_trials(deepcopy=False) if t.user_attrs.get("phase") == "search"}
         seed = plan.seeds[0]
-        for number in range(plan.trials):  # the study's first trials: `number` is also the trial's
-            run = f"trial={number},seed={seed}"
-            if run not in queued:
-                study.enqueue_trial({}, user_attrs={"run": run, "order": number, "attempt": 1, "phase": "search",
-                                                    "seed": seed})
+        free = (n for n in itertools.count() if f"trial={n},seed={seed}" not in runs)
+        for number in itertools.islice(free, max(0, plan.trials - len(runs))):
+            study.enqueue_trial({}, user_attrs={"run": f"trial={number},seed={seed}", "order": number, "attempt": 1,
+                                                "phase": "search", "seed": seed})
     study.set_user_attr("enqueued", True)
 
 
@@ -448,7 +448,9 @@ def open_study(storage, name: str, plan: SweepPlan, sampler_seed: int | None = N
     if stored != wanted:
         raise SweepError(f"study {name!r} sweeps another grid or base config ({describe_difference(stored, wanted)}); "
                          "choose another --name")
-    if not study.user_attrs.get("enqueued"):  # its creator died half-way
+    if not study.user_attrs.get("enqueued") or plan.kind == "search":
+        # Its creator died half-way; or a search begun when workers proposed its trials as they went
+        # (none queued up front) is left some to propose. Otherwise this adds nothing.
         enqueue_trials(study, plan)
     return study
 

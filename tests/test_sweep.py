@@ -342,6 +342,28 @@ def test_two_workers_racing_through_a_search_train_exactly_its_trials_each_once(
     assert "trained on seed 1 alone (4 complete, 0 pruned, 0 failed)" in (tmp_path / "race" / "report" / "report.md").read_text()
 
 
+def test_a_search_begun_without_its_trials_queued_gets_the_rest_queued_and_no_more(tmp_path):
+    """As a search begun before the study queued its trials up front: trials 0 and 2 proposed (1 a
+    copy of 0, put back); opening it queues the two still missing, and opening it again none."""
+    from breakout_ppo.sweep import open_study, study_definition
+
+    plan = SweepPlan("smoke", {}, (1,), eval_episodes=16, search=(("ent_coef", "log", 1e-4, 0.3),), trials=4)
+    storage = open_storage(default_storage(tmp_path / "old"))
+    study = optuna.create_study(storage=storage, study_name="old", direction="maximize")
+    study.set_user_attr("sweep", json.loads(json.dumps(study_definition(plan))))
+    study.set_user_attr("enqueued", True)
+    distribution = {"ent_coef": optuna.distributions.FloatDistribution(1e-4, 0.3, log=True)}
+    for run, state in [("trial=0,seed=1", TrialState.FAIL), ("trial=0,seed=1", TrialState.COMPLETE),
+                       ("trial=2,seed=1", TrialState.COMPLETE)]:
+        study.add_trial(optuna.trial.create_trial(state=state, value=1.0 if state == TrialState.COMPLETE else None,
+                                                  params={"ent_coef": 0.01}, distributions=distribution,
+                                                  user_attrs={"run": run, "phase": "search", "seed": 1}))
+    for _ in range(2):
+        open_study(storage, "old", plan)
+        waiting = [t.user_attrs["run"] for t in study.get_trials(states=(TrialState.WAITING,))]
+        assert waiting == ["trial=1,seed=1", "trial=3,seed=1"]
+
+
 def test_a_pruned_search_reports_at_a_quarter_half_and_three_quarters_and_says_what_it_saved(tmp_path):
     trials, _ = search(tmp_path, "p", "--trials", "6", "--confirm", "0", "--prune", "--steps", "2048",
                        "--sampler-seed", "3")
