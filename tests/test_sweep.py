@@ -331,13 +331,15 @@ def test_one_worker_with_a_fixed_sampler_seed_proposes_the_same_trials_and_confi
 def test_two_workers_racing_through_a_search_train_exactly_its_trials_each_once(tmp_path):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OMP_NUM_THREADS", "1")
-        trials, output = search(tmp_path, "race", "--trials", "4", "--confirm", "0", "--workers", "2")
+        trials, output = search(tmp_path, "race", "--trials", "4", "--confirm", "0", "--workers", "2",
+                                "--steps", "4096")
     assert sorted(t.user_attrs["run"] for t in trials) == [f"trial={n},seed=1" for n in range(4)]
     assert [t.number for t in trials] == [0, 1, 2, 3]  # run trial=N is the study's trial N
     assert {t.state for t in trials} == {TrialState.COMPLETE}
     assert len({t.user_attrs["worker"] for t in trials}) == 2, output  # both took trials
     for trial in trials:  # TPE proposed each one point, trained once
-        assert set(trial.params) == {"ent_coef", "learning_rate"} and trial.user_attrs["resumed_from_step"] == 0
+        assert set(trial.params) == {"ent_coef", "learning_rate"}
+        assert (trial.user_attrs["resumed_from_step"], trial.user_attrs["steps_trained"]) == (0, 4096)
     assert len({tuple(t.params.values()) for t in trials}) == 4
     assert "trained on seed 1 alone (4 complete, 0 pruned, 0 failed)" in (tmp_path / "race" / "report" / "report.md").read_text()
 
