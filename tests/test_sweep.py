@@ -341,7 +341,8 @@ def test_two_workers_racing_through_a_search_train_exactly_its_trials_each_once(
         assert set(trial.params) == {"ent_coef", "learning_rate"}
         assert (trial.user_attrs["resumed_from_step"], trial.user_attrs["steps_trained"]) == (0, 4096)
     assert len({tuple(t.params.values()) for t in trials}) == 4
-    assert "trained on seed 1 alone (4 complete, 0 pruned, 0 failed)" in (tmp_path / "race" / "report" / "report.md").read_text()
+    report = (tmp_path / "race" / "report" / "report.md").read_text()
+    assert "trained on seed 1 alone (4 complete, 0 pruned, 0 failed)" in report
 
 
 def test_a_search_begun_without_its_trials_queued_gets_the_rest_queued_and_no_more(tmp_path):
@@ -436,8 +437,9 @@ def test_the_search_plot_draws_pruned_trials_apart_at_their_last_intermediate_re
             (TrialState.COMPLETE, 9.0, {256: 4.0, 512: 6.0, 768: 8.0}), (TrialState.PRUNED, None, {256: 1.0}),
             (TrialState.PRUNED, None, {256: 3.0, 512: 2.0}), (TrialState.COMPLETE, 7.0, {256: 5.0})]):
         study.add_trial(optuna.trial.create_trial(
-            state=state, value=value, params={"learning_rate": 1e-4 * (1 + number)}, distributions={"learning_rate": lr},
-            intermediate_values=intermediate, user_attrs={"run": f"trial={number},seed=1", "phase": "search", "seed": 1}))
+            state=state, value=value, intermediate_values=intermediate,
+            params={"learning_rate": 1e-4 * (1 + number)}, distributions={"learning_rate": lr},
+            user_attrs={"run": f"trial={number},seed=1", "phase": "search", "seed": 1}))
     figure = search_figure(collect_search(study, plan), plan, "title")
     assert [text.get_text() for text in figure.legends[0].texts] == [
         "complete: final return (64 episodes)",
