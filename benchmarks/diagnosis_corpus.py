@@ -27,8 +27,14 @@ each of its steps. The failures are made as follows (TRAININGS below has the fla
   labelled from its learning curve: still below 30 and no higher than 1M steps earlier.
 - tunnel_vision: the first layer's weights for every cell above row 6 set to 0 at the start and
   their gradient masked, so the trained policy cannot see the upper two thirds of the board.
+- the failing agents docs/ names but never kept, retrained to the step their wall-clock runs had
+  reached at 150 s: the 64-wide shared-torso seed 3 (7.1M steps) and the full-wall configuration's
+  seed 3 (10.17M, with snapshots at 6M and 8M on its plateau), labelled by the learning curve.
 
-Agents of seeds 1 and 2 form the fit part, seeds 3 and 4 the held-out part.
+Agents of seeds 1 and 2 form the fit part, seeds 3 and 4 the held-out part. Each agent is judged as
+`inspect` judges it: a failure heatmap of 1000 episodes and `play_fresh_rollout`'s 256 games; the
+heatmaps are kept under benchmarks/results/ (outside git), so that a finding of the heatmap can be
+rejudged without replaying.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -45,6 +52,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+import numpy as np
 import torch
 
 import breakout_ppo.ppo as ppo
@@ -104,6 +112,17 @@ def trainings() -> list[Training]:
     # their units instead, so they are kept as a second recipe for dead units.
     out += [Training("fastlr", seed, dict(ent_coef=0.0, learning_rate=0.03), {1_000_000: "dead_units"})
             for seed in (1, 2)]
+    # The failing agents docs/ names but never kept, retrained with today's code to the step their
+    # wall-clock runs reached at 150 s (a step count: this machine's speed varies with its load).
+    out += [
+        # 2026-12-03 (studies/2026-12-03-shared-torso.md): the whole torso shared, 64 wide, otherwise
+        # that day's default; seed 3 held 7.1M steps at 150 s (681 of 1000 balls lost before the
+        # first refill, down one diagonal).
+        Training("torso64", 3, dict(hidden=64), {7_100_000: "curve"}),
+        # 2026-11-24 (studies/2026-11-24-time-to-score-full-walls.md): the preset of that day, full
+        # walls only; float32 seed 3 held 10.17M steps at 150 s (990 of 1000 before the first refill).
+        Training("fullwall", 3, OLD_DEFAULT, {6_000_000: "curve", 8_000_000: "curve", 10_170_000: "curve"}),
+    ]
     return out
 
 
@@ -125,8 +144,10 @@ def entropy_cut():
     """broken_agent.py's bug (the entropy bonus computed, not optimised), preflight veto overruled."""
     from broken_agent import loss_without_entropy
     real_loss, real_check = ppo.ppo_loss, training.check_entropy_term
-    ppo.ppo_loss = loss_without_entropy(real_loss)
-    training.check_entropy_term = lambda config: dataclasses.replace(real_check(config), passed=True)
+    cut = loss_without_entropy(real_loss)
+    # The update may pass the coefficient on its own (after `config`): the cut drops it too.
+    ppo.ppo_loss = lambda *args, ent_coef=None: cut(*args[:8])
+    training.check_entropy_term = lambda config, **where: dataclasses.replace(real_check(config, **where), passed=True)
     try:
         yield
     finally:
@@ -139,9 +160,11 @@ def entropy_sign():
     policy to certainty (the preflight passes: the parameters do depend on ent_coef)."""
     real_loss = ppo.ppo_loss
 
-    def loss(model, obs, actions, old_logprobs, old_values, advantages, returns, config):
-        return real_loss(model, obs, actions, old_logprobs, old_values, advantages, returns,
-                         config.replace(ent_coef=-config.ent_coef))
+    def loss(model, obs, actions, old_logprobs, old_values, advantages, returns, config, ent_coef=None):
+        flipped = config.replace(ent_coef=-config.ent_coef)
+        if ent_coef is None:
+            return real_loss(model, obs, actions, old_logprobs, old_values, advantages, returns, flipped)
+        return real_loss(model, obs, actions, old_logprobs, old_values, advantages, returns, flipped, -ent_coef)
 
     ppo.ppo_loss = loss
     try:
@@ -208,6 +231,7 @@ def run_training(spec: Training) -> list[dict]:
             # The state dict as is: a layer shared by both towers stays one tensor in the file.
             save_model(CORPUS / f"{name}.pt", model.state_dict(), config, global_step, time.perf_counter() - start)
             saved.append({"name": name, "file": f"{name}.pt", "label": label, "training": spec.name,
+                          "threads": torch.get_num_threads(),
                           "seed": spec.seed, "split": "fit" if spec.seed in FIT_SEEDS else "held_out",
                           "global_step": global_step, "overrides": spec.overrides, "patch": spec.patch,
                           "training_return": curve[-1][1] if curve else None,
@@ -255,7 +279,7 @@ def train_command(names: list[str]) -> None:
 # ---------------------------------------------------------------------------------------------
 # Evaluation
 
-FIGURES_VERSION = 5
+FIGURES_VERSION = 6
 """Bump when a finding's figure changes: the cached figures (diagnosis_corpus/figures.json) are remeasured."""
 
 EXPECTED = {
@@ -271,11 +295,39 @@ EXPECTED = {
 }
 
 
+HEATMAPS = ROOT / "benchmarks" / "results" / "diagnosis_corpus_heatmaps"
+"""Each agent's failure heatmap, kept (outside git) so that a finding of the heatmap can be
+rejudged without replaying its episodes."""
+
+HEATMAP_FINDINGS = ("failure_hot_spots", "first_wall_barrier", "lane")
+
+
+def heatmap_path(entry: dict, episodes: int) -> Path:
+    return HEATMAPS / f"{entry['name']}-{entry['global_step']}-{episodes}.npz"
+
+
+def load_heatmap(path: Path):
+    from instruments.measure.heatmap import FailureHeatmap
+    with np.load(path) as arrays:
+        values = {name: arrays[name] for name in arrays.files}
+    scalars = {"last_k": int(values.pop("last_k")), "sticky_action_prob": float(values.pop("sticky_action_prob")),
+               "max_episode_steps": int(values.pop("max_episode_steps")) or None}
+    return FailureHeatmap(**scalars, **values)
+
+
+def save_heatmap(heatmap, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f.name: np.asarray(getattr(heatmap, f.name)) for f in dataclasses.fields(heatmap)}
+    arrays["max_episode_steps"] = np.asarray(heatmap.max_episode_steps or 0)
+    np.savez_compressed(path, **arrays)
+
+
 def measure_agent(entry: dict, episodes: int) -> dict:
     """Every finding's figure and verdict (today's thresholds) for one corpus agent, plus the
-    heatmap's return and loss context."""
+    heatmap's return and loss context, measured as `inspect` measures: a failure heatmap of
+    `episodes` episodes (inspect: 1000) and `play_fresh_rollout`'s defaults (256 games, as inspect)."""
     from breakout_ppo.checkpoint import load_agent
-    from instruments.judge.diagnose import diagnose, play_fresh_rollout
+    from instruments.judge.diagnose import diagnose
     from instruments.measure.heatmap import failure_heatmap, policy_from_model
 
     model, config = load_agent(CORPUS / entry["file"])
@@ -284,16 +336,31 @@ def measure_agent(entry: dict, episodes: int) -> dict:
     with patched("entropy_cut" if entry["patch"] == "entropy_cut" else None):
         heatmap = failure_heatmap(policy_from_model(model), episodes=episodes,
                                   sticky_action_prob=config.sticky_action_prob)
-        # An eighth of inspect's rollout (64 games, 512 steps kept): the corpus is measured on a
-        # shared 2-core machine.
-        rollout = play_fresh_rollout(model, config, num_envs=64, warmup_steps=128, steps=512)
-        diagnosis = diagnose(model, config, heatmap, rollout=rollout)
+        diagnosis = diagnose(model, config, heatmap)
+    save_heatmap(heatmap, heatmap_path(entry, episodes))
+    return {"findings": {f.name: {"value": f.value, "fired": f.fired, "details": f.details}
+                         for f in diagnosis.findings}}
+
+
+def rejudged(entry: dict, cached: dict, episodes: int) -> dict:
+    """The cached figures with the findings that can be recomputed without the model rejudged by
+    today's diagnose.py: those of the heatmap (from the kept heatmap) and value stuck (from its
+    figures), plus the heatmap's return and loss context."""
+    from instruments.judge import diagnose as d
+    heatmap = load_heatmap(heatmap_path(entry, episodes))
+    findings = dict(cached["findings"])
+    for name in HEATMAP_FINDINGS:
+        f = getattr(d, name)(heatmap)
+        findings[name] = {"value": f.value, "fired": f.fired, "details": f.details}
+    v = findings["value_stuck"]["details"]
+    f = d.value_stuck_finding(v["explained_variance"], v["value_std"], v["return_std"], v["frames"])
+    findings["value_stuck"] = {"value": f.value, "fired": f.fired, "details": f.details}
     lost_first_wall = heatmap.lost & (heatmap.refills == 0)
-    return {
-        "mean_return": heatmap.mean_return, "episodes": heatmap.episodes, "losses": heatmap.losses,
-        "losses_before_first_refill": int(lost_first_wall.sum()),
-        "findings": {f.name: {"value": f.value, "fired": f.fired, "details": f.details} for f in diagnosis.findings},
-    }
+    return {"mean_return": heatmap.mean_return, "median_return": float(np.median(heatmap.returns)),
+            "episodes": heatmap.episodes, "losses": heatmap.losses,
+            "losses_before_first_refill": int(lost_first_wall.sum()),
+            "findings": {n: {**x, "value": None if x["value"] is None or x["value"] != x["value"] else x["value"]}
+                         for n, x in findings.items()}}
 
 
 FIXED = {"dead_entropy_term"}
@@ -303,10 +370,22 @@ FIXED = {"dead_entropy_term"}
 def shipped_thresholds() -> dict:
     """name -> (threshold, comparison) as instruments/judge/diagnose.py has them now."""
     from instruments.judge import diagnose as d
-    return {"value_stuck": (d.VALUE_SPREAD_RATIO, "<"), "entropy_collapse": (d.ENTROPY_FRACTION, "<"),
+    return {"value_stuck": (d.VALUE_EXPLAINED, "<"), "entropy_collapse": (d.ENTROPY_FRACTION, "<"),
             "tunnel_vision": (d.BLIND_BALL_SHARE, ">"), "failure_hot_spots": (d.LOSS_COLUMN_COUNT, "<"),
-            "first_wall_barrier": (d.FIRST_WALL_BRICKS, "<"), "lane": (d.LANE_SHARE, ">"),
+            "first_wall_barrier": (d.FIRST_WALL_SHARE, ">"), "lane": (d.LANE_SHARE, ">"),
             "dead_entropy_term": (1e-6, "<"), "dead_units": (d.DEAD_UNIT_SHARE, ">")}
+
+
+def judged_value(figure: dict, finding: str):
+    """The figure a threshold is set on: the finding's value, except that a flat value (std of V under
+    VALUE_SPREAD_RATIO of the return's) fires value stuck whatever its explained variance (-inf)."""
+    from instruments.judge.diagnose import VALUE_SPREAD_RATIO
+    f = figure["findings"][finding]
+    if finding == "value_stuck":
+        ratio = f["details"].get("spread_ratio")
+        if ratio is not None and ratio == ratio and ratio < VALUE_SPREAD_RATIO:
+            return -math.inf
+    return f["value"]
 
 
 def fires(value, threshold: float, comparison: str) -> bool:
@@ -324,10 +403,10 @@ def fit_threshold(finding: str, comparison: str, shipped: float, agents: list[di
     """The threshold that best splits the fit part: fewest errors (a must that stays silent, a must-not
     that fires); among equals, the midpoint of the widest gap between measured values (or, for a finding
     no label of the corpus must fire, the one nearest the shipped value)."""
-    values = {r: [figures[a["name"]]["findings"][finding]["value"] for a in agents if role(a["label"], finding) == r]
+    values = {r: [judged_value(figures[a["name"]], finding) for a in agents if role(a["label"], finding) == r]
               for r in ("must", "must_not")}
     values = {r: sorted(v for v in vs if v is not None and v == v) for r, vs in values.items()}
-    points = sorted(set(values["must"] + values["must_not"]))
+    points = sorted(set(v for v in values["must"] + values["must_not"] if math.isfinite(v)))
     candidates = [shipped] + [(a + b) / 2 for a, b in zip(points, points[1:])]
     if points:
         candidates += [points[0] - 1e-9, points[-1] + 1e-9]
@@ -344,7 +423,8 @@ def fit_threshold(finding: str, comparison: str, shipped: float, agents: list[di
     else:  # nothing in the corpus must fire it: move the shipped value only as far as a false alarm needs
         best = min(candidates, key=lambda t: (errors(t), abs(t - shipped)))
     return {"threshold": best, "comparison": comparison, "fit_errors": errors(best), "shipped": shipped,
-            "shipped_fit_errors": errors(shipped), "must": values["must"], "must_not": values["must_not"]}
+            "shipped_fit_errors": errors(shipped),
+            **{r: [v if math.isfinite(v) else "flat" for v in values[r]] for r in ("must", "must_not")}}
 
 
 def confusion(agents: list[dict], figures: dict, thresholds: dict) -> dict:
@@ -354,7 +434,7 @@ def confusion(agents: list[dict], figures: dict, thresholds: dict) -> dict:
         group = [a for a in agents if a["label"] == label]
         if not group:
             continue
-        table[label] = {name: {"fired": sum(fires(figures[a["name"]]["findings"][name]["value"], t, c) for a in group),
+        table[label] = {name: {"fired": sum(fires(judged_value(figures[a["name"]], name), t, c) for a in group),
                                "of": len(group), "role": role(label, name)}
                         for name, (t, c) in thresholds.items()}
     return table
@@ -388,11 +468,15 @@ def evaluate_command(args) -> None:
     agents = read_manifest()
     for entry in agents:
         key = f"{entry['name']}:{entry['global_step']}:{args.episodes}:{FIGURES_VERSION}"
-        if cache.get(entry["name"], {}).get("key") != key:
+        if cache.get(entry["name"], {}).get("key") != key or not heatmap_path(entry, args.episodes).exists():
             started = time.perf_counter()
             cache[entry["name"]] = {"key": key, **measure_agent(entry, args.episodes)}
+            cache[entry["name"]].update(rejudged(entry, cache[entry["name"]], args.episodes))
             cache_path.write_text(json.dumps(cache, indent=1, default=float) + "\n")
             print(f"measured {entry['name']} ({entry['label']}) in {time.perf_counter() - started:.0f} s", flush=True)
+    for entry in agents:
+        cache[entry["name"]].update(rejudged(entry, cache[entry["name"]], args.episodes))
+    cache_path.write_text(json.dumps(cache, indent=1, default=float) + "\n")
     figures = {a["name"]: cache[a["name"]] for a in agents}
     print(f"\n{'agent':<22}{'label':<20}{'split':<9}{'return':>7}" + "".join(f"{n[:11]:>12}" for n in FINDING_NAMES))
     for a in agents:
@@ -441,9 +525,9 @@ def main(argv=None) -> None:
     train.add_argument("names", nargs="*")
     commands.add_parser("list", help="Print the trainings and whether the manifest has them.")
     evaluate = commands.add_parser("evaluate", help="Measure every agent, fit thresholds, print the confusion table.")
-    evaluate.add_argument("--episodes", type=int, default=256)
+    evaluate.add_argument("--episodes", type=int, default=1000, help="heatmap episodes per agent (inspect's 1000)")
     evaluate.add_argument("--json", dest="json_path", type=Path,
-                          default=ROOT / "docs" / "measurements" / "diagnosis_corpus_2026-12-07.json")
+                          default=ROOT / "docs" / "measurements" / "diagnosis_corpus_2026-12-07_1000_episodes.json")
     args = parser.parse_args(argv)
     if args.command == "train":
         train_command(args.names)
