@@ -189,7 +189,8 @@ class Finding:
     """The measured figure (NaN when it could not be measured: too few losses, no return spread)."""
     threshold: float
     comparison: str
-    """"<" or ">": the finding fires when `value <comparison> threshold`."""
+    """"<" or ">": the finding fires when `value <comparison> threshold` (value stuck also fires on a
+    flat V: `details["spread_ratio"]` under VALUE_SPREAD_RATIO, which its evidence says)."""
     advice: str
     """One sentence: what to do about it."""
     details: dict = field(default_factory=dict)
