@@ -25,7 +25,7 @@ return of 7.5 or more.
 The thresholds are module constants; each docstring says why that value. "Healthy" and "broken"
 there are the default preset, seed 1, 14M steps, trained as is (`python cli.py train`) and with
 the entropy term cut out of the optimised loss (`benchmarks/broken_agent.py`). "The diagnosis
-corpus" is `benchmarks/diagnosis_corpus.py`: 37 real agents with a label each, thresholds fitted
+corpus" is `benchmarks/diagnosis_corpus.py`: 38 real agents with a label each, thresholds fitted
 on seeds 1-2 and judged on seeds 3-4 (docs/studies/2026-12-07-diagnosis-corpus.md).
 """
 
@@ -160,9 +160,11 @@ is a lane it has not learnt (a random policy's two start lanes give 0.5 too, but
 leaves it unjudged). On the diagnosis corpus
 (docs/studies/2026-12-07-diagnosis-corpus.md, 1000 episodes each, as `inspect`), of the agents it
 judges (LANE_MIN_RETURN) and that must not fire it: 0.36 at most (healthy 0.12-0.28, entropy cut
-0.13-0.36); the first-wall plateaus of the full-wall configuration, seed 3, that lose half their
-balls down one diagonal into column 0 or 1 with the paddle 2+ columns away (as the 64-wide seed-3
-agent of 2026-12-03 lost 681 of 1000 down one diagonal) 0.50-0.55, a collapsed policy 0.54. 0.45
+0.13-0.36) but two, both seed-3 agents docs/ had named for a lane, retrained: the full-wall
+configuration, whose first-wall plateau loses half its balls down one diagonal into column 0 or 1
+with the paddle 2+ columns away (0.50-0.55 from 3M to 10.17M steps, the last labelled healthy by
+its learning curve), and the 64-wide shared torso with two threads (0.50, return 43; that run's
+agent of 2026-12-03 lost 681 of 1000 balls down one diagonal); a collapsed policy 0.54. 0.45
 lies between. It was 0.6, above the weak agents (blind or dead, 0.57-0.63 on 256 episodes) that
 LANE_MIN_RETURN now leaves unjudged."""
 
