@@ -150,9 +150,7 @@ def entropy_cut():
     """broken_agent.py's bug (the entropy bonus computed, not optimised), preflight veto overruled."""
     from broken_agent import loss_without_entropy
     real_loss, real_check = ppo.ppo_loss, training.check_entropy_term
-    cut = loss_without_entropy(real_loss)
-    # The update may pass the coefficient on its own (after `config`): the cut drops it too.
-    ppo.ppo_loss = lambda *args, ent_coef=None: cut(*args[:8])
+    ppo.ppo_loss = loss_without_entropy(real_loss)
     training.check_entropy_term = lambda config, **where: dataclasses.replace(real_check(config, **where), passed=True)
     try:
         yield
@@ -166,11 +164,9 @@ def entropy_sign():
     policy to certainty (the preflight passes: the parameters do depend on ent_coef)."""
     real_loss = ppo.ppo_loss
 
-    def loss(model, obs, actions, old_logprobs, old_values, advantages, returns, config, ent_coef=None):
+    def loss(model, obs, actions, old_logprobs, old_values, advantages, returns, config):
         flipped = config.replace(ent_coef=-config.ent_coef)
-        if ent_coef is None:
-            return real_loss(model, obs, actions, old_logprobs, old_values, advantages, returns, flipped)
-        return real_loss(model, obs, actions, old_logprobs, old_values, advantages, returns, flipped, -ent_coef)
+        return real_loss(model, obs, actions, old_logprobs, old_values, advantages, returns, flipped)
 
     ppo.ppo_loss = loss
     try:
