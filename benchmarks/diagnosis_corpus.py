@@ -27,6 +27,9 @@ each of its steps. The failures are made as follows (TRAININGS below has the fla
   labelled from its learning curve: still below 30 and no higher than 1M steps earlier.
 - tunnel_vision: the first layer's weights for every cell above row 6 set to 0 at the start and
   their gradient masked, so the trained policy cannot see the upper two thirds of the board.
+- hot_spot: trained on MinAtar's game with one rule changed (`ghost_paddle`): a paddle in columns
+  8-9 returns no ball, so every ball that comes down into column 9 is lost whatever the agent does;
+  judged, as every agent, on MinAtar's game, where it still leaves that corner undefended.
 - the failing agents docs/ names but never kept, retrained to the step their wall-clock runs had
   reached at 150 s: the 64-wide shared-torso seed 3 (7.1M steps, with one torch thread and with two
   as that run had) and the full-wall configuration's
@@ -44,6 +47,7 @@ import argparse
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import math
 import shutil
@@ -61,6 +65,8 @@ import breakout_ppo.train as training
 from breakout_ppo.checkpoint import save_model
 from breakout_ppo.config import preset
 from breakout_ppo.env import GRID
+import breakout_ppo.env.batched as batched
+import breakout_ppo.env.packed as packed
 from breakout_ppo.model import ActorCritic, FrameLinear
 from instruments.judge.diagnose import FINDING_NAMES
 
@@ -113,6 +119,9 @@ def trainings() -> list[Training]:
             Training("default", seed, {}, {500_000: "healthy_early", 4_000_000: "healthy"}),
             Training("old", seed, OLD_DEFAULT, {3_000_000: "curve"}),
         ]
+    # The hot-spot patient: trained where the paddle returns no ball from columns 8-9 (ghost_paddle),
+    # judged on MinAtar's game.
+    out += [Training("ghost", seed, {}, {6_000_000: "hot_spot"}, patch="ghost") for seed in FIT_SEEDS + HELD_OUT_SEEDS]
     # Meant as collapsed policies (no bonus, 6x the step size); they kept their entropy and lost half
     # their units instead, so they are kept as a second recipe for dead units.
     out += [Training("fastlr", seed, dict(ent_coef=0.0, learning_rate=0.03), {1_000_000: "dead_units"})
@@ -207,9 +216,45 @@ def blind_first_layer():
         training.ActorCritic = real
 
 
+MINATAR_TABLES = packed.rule_tables
+GHOST_FROM_COLUMN = 8
+"""The hot-spot patient's paddle returns no ball from columns 8-9 in training (ghost_paddle)."""
+
+
+@functools.lru_cache(maxsize=None)
+def ghost_tables(device):
+    """MinAtar's rule tables with one change: a paddle in column GHOST_FROM_COLUMN or beyond
+    bounces nothing (the rule sees no paddle), so a ball that comes down into column 9, or from 9
+    into 8, is lost wherever the paddle is (a paddle in column 7 still returns a ball coming down
+    from 7 into 8, as MinAtar's bounce under the ball's old column does). The paddle moves, and is
+    seen, as in MinAtar's game."""
+    real_rule = packed.minatar_rule
+
+    def rule(ball_x, ball_y, ball_dir, paddle_x, strike, brick_ahead):
+        return real_rule(ball_x, ball_y, ball_dir, -1 if paddle_x >= GHOST_FROM_COLUMN else paddle_x, strike,
+                         brick_ahead)
+
+    packed.minatar_rule = rule
+    try:
+        return MINATAR_TABLES.__wrapped__(device)  # the builder itself, not its cache
+    finally:
+        packed.minatar_rule = real_rule
+
+
+@contextlib.contextmanager
+def ghost_paddle():
+    """Envs built and stepped inside the block play ghost_tables' rule; the agent is judged on
+    MinAtar's game (the heatmap and the diagnosis run outside the block)."""
+    packed.rule_tables = batched.rule_tables = ghost_tables
+    try:
+        yield
+    finally:
+        packed.rule_tables = batched.rule_tables = MINATAR_TABLES
+
+
 def patched(patch: str | None):
     return {None: contextlib.nullcontext, "entropy_cut": entropy_cut, "entropy_sign": entropy_sign,
-            "mask": blind_first_layer}[patch]()
+            "mask": blind_first_layer, "ghost": ghost_paddle}[patch]()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,6 +341,8 @@ EXPECTED = {
     "dead_units": (("dead_units",), ("entropy_collapse", "value_stuck", "failure_hot_spots", "lane")),
     "first_wall_plateau": (("first_wall_barrier",), ("failure_hot_spots", "lane")),
     "tunnel_vision": (("tunnel_vision",), ()),
+    # Losses crowd in the corner the patient never learnt to defend, down the diagonal into it: a lane.
+    "hot_spot": (("failure_hot_spots",), ("lane",)),
 }
 
 

@@ -420,3 +420,27 @@ def test_first_wall_barrier_and_lane_fire_on_the_full_wall_seed_3_plateau():
     path = lane(heatmap)
     assert path.fired and path.details["lane_cells"] == [[8, 1], [7, 2], [6, 3], [5, 4]]
     assert first_wall_barrier(heatmap).fired and not failure_hot_spots(heatmap).fired
+
+
+@pytest.mark.slow
+def test_failure_hot_spots_fire_on_an_agent_that_never_learnt_to_defend_the_right_corner():
+    # ghost-s3-6000k: trained where a paddle in columns 8-9 returns no ball (benchmarks/
+    # diagnosis_corpus.py, `ghost_paddle`), judged here on MinAtar's game, where it could return
+    # them. Its lost balls, counted by a loop of our own on the env: most in column 9.
+    from breakout_ppo.env import BatchedBreakout
+
+    agent, config = load_agent(CORPUS / "ghost-s3-6000k.pt")
+    policy = policy_from_model(agent, seed=1)
+    env = BatchedBreakout(256, sticky_action_prob=config.sticky_action_prob, seed=1)
+    obs, done, columns = env.reset(), torch.zeros(256, dtype=torch.bool), []
+    while not done.all():
+        ball = obs[:, 1].flatten(1).argmax(1)
+        obs, _, terminated, truncated, _ = env.step(policy(obs))
+        columns += (ball[terminated & ~done] % GRID).tolist()
+        done |= terminated | truncated
+    assert np.bincount(columns, minlength=GRID).argmax() == GRID - 1 and columns.count(GRID - 1) / len(columns) > 0.6
+
+    finding = failure_hot_spots(failure_heatmap(policy_from_model(agent), episodes=512))
+    assert finding.fired and np.argmax(finding.details["loss_column_counts"]) == GRID - 1
+    healthy, _ = load_agent(CORPUS / "default-s3-4000k.pt")
+    assert not failure_hot_spots(failure_heatmap(policy_from_model(healthy), episodes=256)).fired

@@ -13,9 +13,9 @@ running the code's real update step (`breakout_ppo.preflight`), since a checkpoi
 | value_stuck       | explained variance of the discounted return by V(s)        | < 0 (*)    |
 | entropy_collapse  | mean policy entropy / log 3 on the frames before a loss    | < 0.15     |
 | tunnel_vision     | share of the ball's visits on cells the policy is blind to | > 0.3      |
-| failure_hot_spots | effective number of loss columns (exp of their entropy)    | < 2.5      |
+| failure_hot_spots | effective number of loss columns (exp of their entropy)    | < 3.4      |
 | first_wall_barrier| share of episodes lost within 3 bricks of the first refill | > 0.43     |
-| lane              | share of losses down the one commonest path (last 4 cells) | > 0.6 (**) |
+| lane              | share of losses down the one commonest path (last 4 cells) | > 0.45 (**)|
 | dead_entropy_term | largest parameter change from ent_coef 0 -> 0.1            | < 1e-6     |
 | dead_units        | share of ReLU units never positive on the rollout          | > 0.4      |
 
@@ -25,7 +25,7 @@ return of 7.5 or more.
 The thresholds are module constants; each docstring says why that value. "Healthy" and "broken"
 there are the default preset, seed 1, 14M steps, trained as is (`python cli.py train`) and with
 the entropy term cut out of the optimised loss (`benchmarks/broken_agent.py`). "The diagnosis
-corpus" is `benchmarks/diagnosis_corpus.py`: 38 real agents with a label each, thresholds fitted
+corpus" is `benchmarks/diagnosis_corpus.py`: 42 real agents with a label each, thresholds fitted
 on seeds 1-2 and judged on seeds 3-4 (docs/studies/2026-12-07-diagnosis-corpus.md).
 """
 
@@ -93,15 +93,27 @@ the cells a policy does see spreads as widely as the ball does."""
 BLIND_CELL_SHARE = 0.001
 """A cell with less than a tenth of an even share (1/100) of the mean saliency counts as unseen."""
 
-LOSS_COLUMN_COUNT = 2.5
+LOSS_COLUMN_COUNT = 3.4
 """failure_hot_spots fires when the effective number of columns the ball is lost in (exp of the
-entropy of the loss columns, 1..10) is below this: the losses then come from about two columns,
-one place the agent systematically misses (a paddle that cannot pass column 6: 1.45). Measured:
-healthy 6.4 and 4.1, broken 5.8 and 7.6 (seeds 1 and 2). A random policy scores 3.0, its losses on
-the two lanes the start geometry sends the first ball down: that much says nothing about the agent.
-On agents stuck on the first wall (docs/results.md): 2.16 for one at 23 points for 17M steps, whose
-balls go down one lane to the bottom-left corner (fires); 4.58 for one at 31 points that loses them
-on two mirrored lanes (does not: a plateau is not always one hot spot)."""
+entropy of the loss columns, 1..10) is below this: the losses then come from about three columns
+or fewer, one place the agent systematically misses (a paddle that cannot pass column 6: 1.45).
+Measured: healthy 6.4 and 4.1, broken 5.8 and 7.6 (seeds 1 and 2, 14M steps). On the diagnosis
+corpus (docs/studies/2026-12-07-diagnosis-corpus.md, 1000 episodes each, as `inspect`), its patients
+are agents trained where a paddle in columns 8-9 returns no ball and judged on MinAtar's game: they
+never learnt to defend the right corner and lose 51-84% of their balls in column 9: 2.92 and 4.26
+(fit part), 2.17 and 5.59 (held out). Every agent that must not fire it: 3.58 or more (policies
+blind to rows 0-6, mean return 3-4, which lose most balls down the start's lanes: 3.58-5.13; every
+agent labelled healthy 4.80 or more, the young ones 8.2-9.0, those at 4M steps 9.3-9.8). 3.4 is the
+fit part's threshold (3.44, the middle between 2.92 and the blind policy's 3.96), rounded: it names
+the patients whose corner holds three quarters of the losses or more, not the two whose losses
+spread more (4.26, 5.59), which the lane names (0.50-0.84). No value names those without firing
+on agents labelled healthy: the full-wall seed 3 at 10.17M steps loses 55% of its balls in column 0
+(4.80), the two-thread 64-wide seed 3 50% (5.65). It was 2.5, set under a random policy (3.0,
+its losses on the two lanes the start geometry sends the first ball down) when no agent had fired
+it; networks of dead units measure 2.87-3.15 and fire it now, which their label allows. On agents
+stuck on the first wall (docs/results.md): 2.16 for one at 23 points for 17M steps, whose balls go
+down one lane to the bottom-left corner (fires); 4.58 for one at 31 points that loses them on two
+mirrored lanes (does not: a plateau is not always one hot spot)."""
 
 MIN_LOSSES = 20
 """Fewer lost balls than this make where they were lost a small-sample figure: failure_hot_spots does
@@ -164,8 +176,9 @@ judges (LANE_MIN_RETURN) and that must not fire it: 0.36 at most (healthy 0.12-0
 configuration, whose first-wall plateau loses half its balls down one diagonal into column 0 or 1
 with the paddle 2+ columns away (0.50-0.55 from 3M to 10.17M steps, the last labelled healthy by
 its learning curve), and the 64-wide shared torso with two threads (0.50, return 43; that run's
-agent of 2026-12-03 lost 681 of 1000 balls down one diagonal); a collapsed policy 0.54. 0.45
-lies between. It was 0.6, above the weak agents (blind or dead, 0.57-0.63 on 256 episodes) that
+agent of 2026-12-03 lost 681 of 1000 balls down one diagonal); a collapsed policy 0.54; the
+hot-spot patients, which lose their balls down the diagonal into the corner they never learnt
+to defend, 0.50-0.84 (their label allows it). 0.45 lies between. It was 0.6, above the weak agents (blind or dead, 0.57-0.63 on 256 episodes) that
 LANE_MIN_RETURN now leaves unjudged."""
 
 PRELOSS_FRAMES = 8
