@@ -578,7 +578,7 @@ def main(argv=None) -> None:
     evaluate = commands.add_parser("evaluate", help="Measure every agent, fit thresholds, print the confusion table.")
     evaluate.add_argument("--episodes", type=int, default=1000, help="heatmap episodes per agent (inspect's 1000)")
     evaluate.add_argument("--json", dest="json_path", type=Path,
-                          default=ROOT / "docs" / "measurements" / "diagnosis_corpus_2026-12-07_1000_episodes.json")
+                          default=ROOT / "docs" / "measurements" / "diagnosis_corpus_2026-12-07_hot_spot.json")
     args = parser.parse_args(argv)
     if args.command == "train":
         train_command(args.names)
