@@ -96,7 +96,9 @@ class Training:
     overrides: dict
     snapshots: dict
     patch: str | None = None
-    """None, "entropy_cut" (broken_agent.py's bug) or "mask" (the tunnel-vision patient)."""
+    """None, "entropy_cut" (broken_agent.py's bug), "entropy_sign" (the collapsed policy), "mask" (the
+    tunnel-vision patient) or "ghost" (the hot-spot patient), applied while training (entropy_cut also
+    while judging)."""
     threads: int | None = None
     """torch threads for this training (None: the process's, OMP_NUM_THREADS=1 in the command above).
     The thread count changes the order of floating-point sums, so 2 threads make another trajectory
