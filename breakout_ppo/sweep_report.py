@@ -259,22 +259,25 @@ def write_report(study, out_dir) -> SweepReport:
         plot_search(search, plan, f"Search trials on seed {plan.seeds[0]}\n{subtitle}", figures["search"])
         intro = [f"# Search `{name}`", "", "    " + plan.command_line(name), "",
                  f"Preset `{plan.preset}`, {budget:,} environment steps per run. " + search_summary(search, plan),
-                 "", *search_table(search, plan), "",
-                 f"## The best {plan.confirm} again on fresh seeds {', '.join(map(str, seeds))}", "",
-                 "Their intervals come from the fresh seeds alone: the search seed's score is biased upwards by "
-                 "the selection. " + scoring, ""]
+                 "", *search_table(search, plan), ""]
+        if plan.confirm:
+            intro += [f"## The best {plan.confirm} again on fresh seeds {', '.join(map(str, seeds))}", "",
+                      "Their intervals come from the fresh seeds alone: the search seed's score is biased upwards "
+                      "by the selection. " + scoring, ""]
 
-    figures.update({
-        "final_return": out_dir / "sweep_final_return.png",
-        "learning_curves": out_dir / "sweep_learning_curves.png",
-        "entropy": out_dir / "sweep_entropy.png",
-    })
-    plot_final_returns(results, f"Final evaluation return ({plan.eval_episodes} episodes per run)\n{subtitle}",
-                       figures["final_return"])
-    plot_curves(results, RETURN_TAG, "training episodic return", "Learning curves", subtitle,
-                figures["learning_curves"])
-    plot_curves(results, ENTROPY_TAG, "policy entropy (nats)", "Entropy over training", subtitle,
-                figures["entropy"])
+    unconfirmed = plan.kind == "search" and not plan.confirm  # nothing beyond the search trials to show
+    if not unconfirmed:
+        figures.update({
+            "final_return": out_dir / "sweep_final_return.png",
+            "learning_curves": out_dir / "sweep_learning_curves.png",
+            "entropy": out_dir / "sweep_entropy.png",
+        })
+        plot_final_returns(results, f"Final evaluation return ({plan.eval_episodes} episodes per run)\n{subtitle}",
+                           figures["final_return"])
+        plot_curves(results, RETURN_TAG, "training episodic return", "Learning curves", subtitle,
+                    figures["learning_curves"])
+        plot_curves(results, ENTROPY_TAG, "policy entropy (nats)", "Entropy over training", subtitle,
+                    figures["entropy"])
 
     header = ["grid point" if plan.kind == "grid" else "search point", "final return (mean ± 95% CI)",
               *[f"seed {s}" for s in seeds], "final training return", "final entropy"]
@@ -288,7 +291,7 @@ def write_report(study, out_dir) -> SweepReport:
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     table += ["| " + " | ".join(row) + " |" for row in rows]
 
-    lines = verdict(results)
+    lines = [unconfirmed_verdict(search)] if unconfirmed else verdict(results)
     best = ranking(results)[0].label if ranking(results) else None
     text = intro
     if missing:
@@ -297,7 +300,7 @@ def write_report(study, out_dir) -> SweepReport:
     failed = [f"{r.label},seed={seed}: {why}" for r in results for seed, why in r.failed]
     if failed:
         text += [f"**Failed** (not tried again): {'; '.join(failed)}.", ""]
-    text += [*table, "", " ".join(lines), ""]
+    text += ([" ".join(lines), ""] if unconfirmed else [*table, "", " ".join(lines), ""])
     text += [f"![{key.replace('_', ' ')}]({path.name})" for key, path in figures.items()]
     markdown = out_dir / "report.md"
     markdown.write_text("\n".join(text) + "\n")
@@ -353,6 +356,19 @@ def collect_search(study, plan: SweepPlan) -> SearchResults:
                 result.curves.setdefault(tag, []).append((np.array(steps), np.array(values)))
     missing += [t.user_attrs["run"] for t in search if not t.state.is_finished()]
     return SearchResults(search, list(points.values()), missing, plan.trials + plan.confirm * (len(plan.seeds) - 1))
+
+
+def unconfirmed_verdict(search: SearchResults) -> str:
+    """The headline of a search run with `--confirm 0`: its best trial, on its one seed."""
+    from optuna.trial import TrialState
+
+    complete = [t for t in search.trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        return "No search trial is complete yet."
+    best = max(complete, key=lambda t: t.value)
+    values = ", ".join(f"{field} {value:.3g}" for field, value in best.params.items())
+    return (f"**Best search trial: {best.user_attrs['run']}** ({values}), {best.value:.2f} on its one seed; "
+            f"not trained again on fresh seeds (`--confirm 0`), so how sure that is is not measured.")
 
 
 def search_summary(search: SearchResults, plan: SweepPlan) -> str:

@@ -343,6 +343,11 @@ def test_two_workers_racing_through_a_search_train_exactly_its_trials_each_once(
     assert len({tuple(t.params.values()) for t in trials}) == 4
     report = (tmp_path / "race" / "report" / "report.md").read_text()
     assert "trained on seed 1 alone (4 complete, 0 pruned, 0 failed)" in report
+    # --confirm 0: the headline is the best search trial on its one seed, and no empty confirmation section.
+    best = max(trials, key=lambda t: t.value)
+    assert f"**Best search trial: trial={best.number},seed=1**" in report and "not trained again" in report
+    assert "## The best" not in report and "No run is complete" not in report + output
+    assert "sweep_final_return.png" not in report and (tmp_path / "race" / "report" / "sweep_search.png").exists()
 
 
 def test_a_search_begun_without_its_trials_queued_gets_the_rest_queued_and_no_more(tmp_path):
