@@ -154,6 +154,8 @@ class BatchedBreakout:
         )
         # Brick rows 1-3 (cells 310-339) of every frame, two float32 cells per int64 word, and what
         # to OR into them: the bits of two 1.0s, or nothing.
+        self._constants = (torch.tensor(ALL_BRICKS, device=self.device), torch.tensor(0.0, device=self.device),
+                           torch.tensor(0, device=self.device))  # a full wall, 0.0, 0
         self._brick_fill_words = (torch.tensor(_TWO_ONES, device=self.device),
                                   torch.tensor(0, device=self.device))
         words = self._obs.view(n, -1).view(torch.int64)
@@ -255,14 +257,16 @@ class BatchedBreakout:
             if self.random_ball_starts:
                 fresh = torch.where(partial, self._draw_balls(fresh), fresh)
             partial_start = partial_start.clone()  # the info keeps the ending episodes' flags
-            self.partial_start.copy_(torch.where(done, partial, partial_start))
-        # Written into the env's own tensors (see the class docstring): step.games, and the
-        # episode counters before the reset, are new tensors the info keeps.
-        self.games.game.copy_(torch.where(done, fresh, game))
-        self.games.bricks.copy_(torch.where(done, fresh_bricks, bricks))
-        self.episode_return.copy_(torch.where(done, 0.0, episode_return))
-        self.episode_length.copy_(torch.where(done, 0, episode_length))
-        self.episode_refills.copy_(torch.where(done, 0, episode_refills))
+            torch.where(done, partial, partial_start, out=self.partial_start)
+        # Written into the env's own tensors (see the class docstring), one kernel each: step.games,
+        # and the episode counters before the reset, are new tensors the info keeps. (`out=` takes
+        # tensors only, hence the 0-dim constants.)
+        full_wall, zero, zero_count = self._constants
+        torch.where(done, full_wall if fresh_bricks is ALL_BRICKS else fresh_bricks, bricks, out=self.games.bricks)
+        torch.where(done, fresh, game, out=self.games.game)
+        torch.where(done, zero, episode_return, out=self.episode_return)
+        torch.where(done, zero_count, episode_length, out=self.episode_length)
+        torch.where(done, zero_count, episode_refills, out=self.episode_refills)
         self._update_obs(step, step.refill | done)
         if self.partial_wall_prob > 0:
             self._paint_partial_walls(done & partial, standing)
