@@ -398,22 +398,29 @@ def test_lane_is_not_judged_on_an_agent_that_loses_the_ball_within_its_first_bou
     assert finding.verdict == "not judged" and not finding.fired
 
 
-@pytest.mark.slow
-def test_first_wall_barrier_and_lane_fire_on_the_full_wall_seed_3_plateau():
-    # fullwall-s3-6000k: the first sessions' full-wall configuration, seed 3, 6M steps, training
-    # return 23 for the last 4M steps. Its lost balls, counted by a loop of our own on the env (the
-    # ball's cell on the frame of the losing action): most in column 1, at the end of one diagonal.
+def loss_columns_counted_on_the_env(model, config, games=256) -> list[int]:
+    """The ball's column on the frame of each losing action, one episode per game, by a loop of our
+    own on the env (not the heatmap's counting)."""
     from breakout_ppo.env import BatchedBreakout
 
-    stuck, config = load_agent(CORPUS / "fullwall-s3-6000k.pt")
-    policy = policy_from_model(stuck, seed=1)
-    env = BatchedBreakout(256, sticky_action_prob=config.sticky_action_prob, seed=1)
-    obs, done, columns = env.reset(), torch.zeros(256, dtype=torch.bool), []
+    policy = policy_from_model(model, seed=1)
+    env = BatchedBreakout(games, sticky_action_prob=config.sticky_action_prob, seed=1)
+    obs, done, columns = env.reset(), torch.zeros(games, dtype=torch.bool), []
     while not done.all():
         ball = obs[:, 1].flatten(1).argmax(1)
         obs, _, terminated, truncated, _ = env.step(policy(obs))
         columns += (ball[terminated & ~done] % GRID).tolist()
         done |= terminated | truncated
+    return columns
+
+
+@pytest.mark.slow
+def test_first_wall_barrier_and_lane_fire_on_the_full_wall_seed_3_plateau():
+    # fullwall-s3-6000k: the first sessions' full-wall configuration, seed 3, 6M steps, training
+    # return 23 for the last 4M steps. Its lost balls, counted by a loop of our own on the env (the
+    # ball's cell on the frame of the losing action): most in column 1, at the end of one diagonal.
+    stuck, config = load_agent(CORPUS / "fullwall-s3-6000k.pt")
+    columns = loss_columns_counted_on_the_env(stuck, config)
     assert np.bincount(columns, minlength=GRID).argmax() == 1 and columns.count(1) / len(columns) > 0.4
 
     heatmap = failure_heatmap(policy_from_model(stuck), episodes=512)
@@ -427,17 +434,8 @@ def test_failure_hot_spots_fire_on_an_agent_that_never_learnt_to_defend_the_righ
     # ghost-s3-6000k: trained where a paddle in columns 8-9 returns no ball (benchmarks/
     # diagnosis_corpus.py, `ghost_paddle`), judged here on MinAtar's game, where it could return
     # them. Its lost balls, counted by a loop of our own on the env: most in column 9.
-    from breakout_ppo.env import BatchedBreakout
-
     agent, config = load_agent(CORPUS / "ghost-s3-6000k.pt")
-    policy = policy_from_model(agent, seed=1)
-    env = BatchedBreakout(256, sticky_action_prob=config.sticky_action_prob, seed=1)
-    obs, done, columns = env.reset(), torch.zeros(256, dtype=torch.bool), []
-    while not done.all():
-        ball = obs[:, 1].flatten(1).argmax(1)
-        obs, _, terminated, truncated, _ = env.step(policy(obs))
-        columns += (ball[terminated & ~done] % GRID).tolist()
-        done |= terminated | truncated
+    columns = loss_columns_counted_on_the_env(agent, config)
     assert np.bincount(columns, minlength=GRID).argmax() == GRID - 1 and columns.count(GRID - 1) / len(columns) > 0.6
 
     finding = failure_hot_spots(failure_heatmap(policy_from_model(agent), episodes=512))
