@@ -56,6 +56,20 @@ def keep_capturable(optimizer: torch.optim.Adam) -> None:
                 state["step"] = state["step"].to(device=device, dtype=torch.float32)
 
 
+class CaptureError(Exception):
+    """Capturing the graphs failed (an op CUDA cannot capture, say); the message is one line."""
+
+
+def capture_training(model, optimizer, env: BatchedBreakout, config: Config, sampler) -> "CapturedTraining":
+    """`CapturedTraining(...)`, or a CaptureError that says what failed and how to train without graphs."""
+    try:
+        return CapturedTraining(model, optimizer, env, config, sampler)
+    except RuntimeError as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise CaptureError(f"capturing the rollout and update as CUDA graphs failed ({first_line}); "
+                           f"--no-cuda-graphs trains without them") from None
+
+
 class CapturedTraining:
     """The rollout and the update of one training process, captured once and replayed.
 

@@ -89,13 +89,13 @@ def _eager_updates(probe: Config, seed: int, device) -> list[torch.Tensor]:
 def _captured_update(probe: Config, seed: int, coefficient: float, device) -> torch.Tensor:
     """The parameters after one replay of the captured rollout and update, from the same start for
     every coefficient (same seeds, same rollout): only the entropy coefficient differs."""
-    from breakout_ppo.cuda_graphs import CapturedTraining, capturable_adam
+    from breakout_ppo.cuda_graphs import capturable_adam, capture_training
 
     torch.manual_seed(seed)
     model = ActorCritic.from_config(probe).to(device)
     env = BatchedBreakout(probe.num_envs, device=device, sticky_action_prob=0.0, seed=seed)
     env.reset()
-    graphs = CapturedTraining(model, capturable_adam(model, probe.learning_rate), env, probe,
+    graphs = capture_training(model, capturable_adam(model, probe.learning_rate), env, probe,
                               torch.Generator(device).manual_seed(seed))
     graphs.collect()
     graphs.update(probe.replace(ent_coef=coefficient))

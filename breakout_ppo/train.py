@@ -32,7 +32,7 @@ from breakout_ppo.checkpoint import (
     saved_world_size,
 )
 from breakout_ppo.config import Config
-from breakout_ppo.cuda_graphs import CapturedTraining, capturable_adam, keep_capturable
+from breakout_ppo.cuda_graphs import CaptureError, capturable_adam, capture_training, keep_capturable
 from breakout_ppo.env import BatchedBreakout
 from breakout_ppo.model import ActorCritic
 from breakout_ppo.ppo import annealed, collect_rollout, ppo_update
@@ -227,6 +227,8 @@ def train(config: Config, run_dir, device="cpu", resume=None, progress=None, aft
                     raise TrainingError(str(claim_error)) from None
         except (TrainingError, CheckpointError) as found:
             error = found
+        except CaptureError as found:  # the preflight's probe of the captured update
+            error = TrainingError(str(found))
         agreed = ranks.first_error(None if error is None else str(error), config)  # all ranks go on, or none does
         if agreed is not None:
             raise error if error is not None and str(error) == agreed else TrainingError(agreed)
@@ -325,6 +327,10 @@ def _train(config, run_dir, ranks, *, payload, resume, progress, after_update, s
             minibatch_order.set_state(payload["rng"]["minibatch_order"])
         global_step, first_update = payload["global_step"], payload["update"]
 
+    try:  # before anything is written: a failed capture leaves the run folder as it found it
+        graphs = capture_training(model, optimizer, env, config, sampler) if captured else None
+    except CaptureError as error:
+        raise TrainingError(str(error)) from None
     purge_step = global_step + 1 if payload is not None else None
     writer = RunWriter(run_dir, config, purge_step=purge_step) if ranks.is_writer else _NoWriter()
     last_checkpoint = Path(resume) if resume is not None else None
@@ -345,7 +351,6 @@ def _train(config, run_dir, ranks, *, payload, resume, progress, after_update, s
             raise TrainingError(error)
         return Path(run_dir) / "checkpoint.pt"
 
-    graphs = CapturedTraining(model, optimizer, env, config, sampler) if captured else None
     process_start = process_start_time()
     start = time.perf_counter()
     start_step = global_step

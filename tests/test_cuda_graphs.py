@@ -102,6 +102,20 @@ def test_the_warm_up_before_capture_leaves_training_exactly_where_it_stood(updat
     assert torch.equal(sampler.get_state(), twin_sampler.get_state())
 
 
+def test_a_failed_capture_is_one_line_that_names_the_way_around_it(monkeypatch):
+    import breakout_ppo.cuda_graphs as cuda_graphs
+
+    def fails(self, *args):
+        raise RuntimeError("operation not permitted when stream is capturing\nCUDA kernel errors might be ...")
+
+    monkeypatch.setattr(cuda_graphs.CapturedTraining, "__init__", fails)
+    with pytest.raises(cuda_graphs.CaptureError) as error:
+        cuda_graphs.capture_training(None, None, None, None, None)
+    message = str(error.value)
+    assert "\n" not in message and "operation not permitted when stream is capturing" in message
+    assert "--no-cuda-graphs" in message
+
+
 # --- On a GPU -----------------------------------------------------------------------------------
 
 
