@@ -399,3 +399,10 @@ elif __name__ == "__main__":  # one rank of the `two_ranks` fixture
     # active exception", seen once in CI).
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+    # Even so, about one exit in 20 on a loaded 2-core machine still ends in that abort, after every
+    # file above is written and the group is gone: in the C++ teardown at interpreter exit, not yet
+    # explained (it did not go away with rank 0, which hosts the store here, waiting for rank 1 to
+    # exit). The fixture judges the work, so the process ends here without that teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
