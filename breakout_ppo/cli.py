@@ -175,7 +175,8 @@ def train(preset_name, run_name, logdir, resume, instrument_every, snapshot_at, 
 
     overrides = {k: (None if v == NO_LIMIT else v) for k, v in overrides.items() if v is not None}
     device = resolve_device(device)
-    config = starting_config(preset_name, resume, device, overrides)
+    reporting = launched_rank() == 0  # under torchrun, rank 0 alone writes and reports
+    config = starting_config(preset_name, resume, device, overrides, announce=reporting)
     try:
         snapshot_seconds = [float(t) for t in snapshot_at.split(",") if t.strip()]
     except ValueError:
@@ -190,7 +191,6 @@ def train(preset_name, run_name, logdir, resume, instrument_every, snapshot_at, 
     # Snapshots first: the panel takes seconds, which must not count against a snapshot's deadline.
     after_update = [TimedSnapshots(run_dir, snapshot_seconds, config)] if snapshot_seconds else []
     panel = None
-    reporting = launched_rank() == 0  # under torchrun, rank 0 alone writes and reports
     if instrument_every and reporting:
         from instruments.panel import TrainingPanel
 
@@ -235,10 +235,10 @@ def train(preset_name, run_name, logdir, resume, instrument_every, snapshot_at, 
         click.echo(f"done: {result.global_step:,} steps, checkpoint {result.last_checkpoint}", err=True)
 
 
-def starting_config(preset_name, resume, device, overrides: dict) -> Config:
+def starting_config(preset_name, resume, device, overrides: dict, announce: bool = True) -> Config:
     """The config `train` runs: the preset named, or without --preset the checkpoint's own config
-    when resuming, the gpu preset for a new run on CUDA (said on stderr), else the default; then
-    the flags given."""
+    when resuming, the gpu preset for a new run on CUDA (said on stderr if `announce`), else the
+    default; then the flags given."""
     from breakout_ppo.checkpoint import CheckpointError, config_from_checkpoint, load_checkpoint
 
     try:
@@ -250,19 +250,13 @@ def starting_config(preset_name, resume, device, overrides: dict) -> Config:
             return saved.replace(**overrides).validate()
         if preset_name is None:
             preset_name = "gpu" if device.type == "cuda" else "default"
-            if preset_name == "gpu" and launched_rank_is_writer():
+            if preset_name == "gpu" and announce:
                 click.echo("no --preset on a GPU: using the gpu preset (" + ", ".join(
                     f"{k.replace('_', '-')} {v:,}" for k, v in PRESETS["gpu"].items()) + "); --preset default for "
                     "the CPU's", err=True)
         return preset(preset_name, **overrides)
     except (ValueError, TypeError) as error:
         raise click.UsageError(str(error)) from None
-
-
-def launched_rank_is_writer() -> bool:
-    from breakout_ppo.distributed import launched_rank
-
-    return launched_rank() == 0
 
 
 def check_run_name(name: str) -> str:

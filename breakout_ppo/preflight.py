@@ -58,6 +58,7 @@ def check_entropy_term(config: Config, seed: int = 0, device="cpu", cuda_graphs:
                                     shared_layers=config.shared_layers, clip_coef=config.clip_coef,
                                     vf_coef=config.vf_coef, max_grad_norm=config.max_grad_norm,
                                     norm_adv=config.norm_adv, learning_rate=config.learning_rate,
+                                    # On CUDA the precision training runs; the CPU probe stays as it was.
                                     precision=config.precision if torch.device(device).type == "cuda" else "float32")
     with torch.random.fork_rng(devices=[]):
         if cuda_graphs:

@@ -152,10 +152,11 @@ class BatchedBreakout:
             torch.tensor([PADDLE.mask, BALL.mask, TRAIL.mask], dtype=torch.int64, device=self.device),
             torch.tensor([PADDLE_ROW * GRID, GRID * GRID, 2 * GRID * GRID], dtype=torch.int64, device=self.device),
         )
+        # A full wall, 0.0 and 0 as tensors, for the step's `torch.where(..., out=)` (it takes no scalars).
+        self._constants = (torch.tensor(ALL_BRICKS, device=self.device), torch.tensor(0.0, device=self.device),
+                           torch.tensor(0, device=self.device))
         # Brick rows 1-3 (cells 310-339) of every frame, two float32 cells per int64 word, and what
         # to OR into them: the bits of two 1.0s, or nothing.
-        self._constants = (torch.tensor(ALL_BRICKS, device=self.device), torch.tensor(0.0, device=self.device),
-                           torch.tensor(0, device=self.device))  # a full wall, 0.0, 0
         self._brick_fill_words = (torch.tensor(_TWO_ONES, device=self.device),
                                   torch.tensor(0, device=self.device))
         words = self._obs.view(n, -1).view(torch.int64)
@@ -259,8 +260,7 @@ class BatchedBreakout:
             partial_start = partial_start.clone()  # the info keeps the ending episodes' flags
             torch.where(done, partial, partial_start, out=self.partial_start)
         # Written into the env's own tensors (see the class docstring), one kernel each: step.games,
-        # and the episode counters before the reset, are new tensors the info keeps. (`out=` takes
-        # tensors only, hence the 0-dim constants.)
+        # and the episode counters before the reset, are new tensors the info keeps.
         full_wall, zero, zero_count = self._constants
         torch.where(done, full_wall if fresh_bricks is ALL_BRICKS else fresh_bricks, bricks, out=self.games.bricks)
         torch.where(done, fresh, game, out=self.games.game)
