@@ -40,7 +40,7 @@ from torch import nn
 
 from breakout_ppo import ppo
 from breakout_ppo.config import Config
-from breakout_ppo.env import GRID, NUM_ACTIONS, BatchedBreakout
+from breakout_ppo.env import GRID, NUM_ACTIONS, NUM_BRICK_CELLS, BatchedBreakout
 from breakout_ppo.preflight import EntropyCheck, check_entropy_term
 from instruments.measure.heatmap import FailureHeatmap
 from instruments.measure.hooks import Taps
@@ -148,9 +148,6 @@ the refill (69% before it): a plateau loses its balls on both sides of the refil
 
 NEARLY_CLEARED = 3
 """Bricks (of 30) from the first refill, either side, that count as "where the first wall ends"."""
-
-NUM_BRICKS = 30
-"""Bricks in a full wall (three rows of ten)."""
 
 LANE_FRAMES = 4
 """lane follows the ball over the last 4 frames before a loss (rows 5-8): one diagonal path."""
@@ -486,8 +483,8 @@ def first_wall_barrier(heatmap: FailureHeatmap) -> Finding:
     """The episodes end where the first wall ends: the share of all episodes whose ball is lost
     within NEARLY_CLEARED bricks of the first refill, on either side of it (27-33 bricks broken: the
     last bricks of the first wall, or the first of the refilled one)."""
-    broken = NUM_BRICKS * heatmap.refills + (NUM_BRICKS - heatmap.bricks_left)  # bricks broken in the episode
-    around = heatmap.lost & (np.abs(broken - NUM_BRICKS) <= NEARLY_CLEARED)
+    broken = NUM_BRICK_CELLS * heatmap.refills + (NUM_BRICK_CELLS - heatmap.bricks_left)  # bricks broken in the episode
+    around = heatmap.lost & (np.abs(broken - NUM_BRICK_CELLS) <= NEARLY_CLEARED)
     share = float(around.sum()) / heatmap.episodes if heatmap.losses >= MIN_LOSSES else math.nan
     first_wall = heatmap.lost & (heatmap.refills == 0)
     after_refill = heatmap.lost & (heatmap.refills == 1)
@@ -499,10 +496,10 @@ def first_wall_barrier(heatmap: FailureHeatmap) -> Finding:
         details={"episodes": heatmap.episodes, "lost_around_first_refill": int(around.sum()),
                  "lost_nearly_cleared": int((first_wall & (heatmap.bricks_left <= NEARLY_CLEARED)).sum()),
                  "lost_just_after_refill": int((after_refill
-                                                 & (heatmap.bricks_left >= NUM_BRICKS - NEARLY_CLEARED)).sum()),
+                                                 & (heatmap.bricks_left >= NUM_BRICK_CELLS - NEARLY_CLEARED)).sum()),
                  "losses_before_first_refill": int(first_wall.sum()),
                  "bricks_left_at_first_wall_losses": np.bincount(heatmap.bricks_left[first_wall],
-                                                                 minlength=NUM_BRICKS + 1).tolist()})
+                                                                 minlength=NUM_BRICK_CELLS + 1).tolist()})
 
 
 def lane(heatmap: FailureHeatmap) -> Finding:
