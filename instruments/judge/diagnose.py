@@ -25,8 +25,8 @@ return of 7.5 or more.
 The thresholds are module constants; each docstring says why that value. "Healthy" and "broken"
 there are the default preset, seed 1, 14M steps, trained as is (`python cli.py train`) and with
 the entropy term cut out of the optimised loss (`benchmarks/broken_agent.py`). "The diagnosis
-corpus" is `benchmarks/diagnosis_corpus.py`: 42 real agents with a label each, thresholds fitted
-on seeds 1-2 and judged on seeds 3-4 (docs/studies/2026-12-07-diagnosis-corpus.md).
+corpus" is `benchmarks/diagnosis_corpus.py`: real agents with a label each, thresholds fitted on
+seeds 1-4 and judged on held-out seeds 5-6 (docs/studies/2026-12-07-diagnosis-corpus.md).
 """
 
 from __future__ import annotations
@@ -84,11 +84,10 @@ yet); the middle of the fit part's gap (0.088 against 0.21) is 0.15."""
 BLIND_BALL_SHARE = 0.3
 """tunnel_vision fires when more than this share of the ball's visits fall on cells the policy is
 blind to (mean saliency under BLIND_CELL_SHARE of the map's total). Measured on the diagnosis corpus
-(docs/studies/2026-12-07-diagnosis-corpus.md): 0.62 on policies trained without sight of rows 0-6,
-0 on every other agent; 0.3 is the middle of that gap. It replaces an area ratio (the cells holding
-90% of the saliency / those holding 90% of the ball's visits, fired < 0.5) that never fired: 1.32-1.39
-on the healthy and broken agents of 2026-11-24 and 0.70 on the blind ones, because the saliency on
-the cells a policy does see spreads as widely as the ball does."""
+(docs/studies/2026-12-07-diagnosis-corpus.md): 0.62-0.63 on policies trained without sight of rows
+0-6, 0 on every other agent; 0.3 is the middle of that gap. (Why not a ratio of areas, the cells
+holding 90% of the saliency against those holding 90% of the ball's visits: the saliency on the
+cells a policy does see spreads as widely as the ball does, so it could not tell a blind policy.)"""
 
 BLIND_CELL_SHARE = 0.001
 """A cell with less than a tenth of an even share (1/100) of the mean saliency counts as unseen."""
@@ -96,24 +95,16 @@ BLIND_CELL_SHARE = 0.001
 LOSS_COLUMN_COUNT = 3.4
 """failure_hot_spots fires when the effective number of columns the ball is lost in (exp of the
 entropy of the loss columns, 1..10) is below this: the losses then come from about three columns
-or fewer, one place the agent systematically misses (a paddle that cannot pass column 6: 1.45).
-Measured: healthy 6.4 and 4.1, broken 5.8 and 7.6 (seeds 1 and 2, 14M steps). On the diagnosis
-corpus (docs/studies/2026-12-07-diagnosis-corpus.md, 1000 episodes each, as `inspect`), its patients
-are agents trained where a paddle in columns 8-9 returns no ball and judged on MinAtar's game: they
-never learnt to defend the right corner and lose 51-84% of their balls in column 9: 2.92 and 4.26
-(fit part), 2.17 and 5.59 (held out). Every agent that must not fire it: 3.58 or more (policies
-blind to rows 0-6, mean return 3-4, which lose most balls down the start's lanes: 3.58-5.13; every
-agent labelled healthy 4.80 or more, the young ones 8.2-9.0, those at 4M steps 9.3-9.8). 3.4 is the
-fit part's threshold (3.44, the middle between 2.92 and the blind policy's 3.96), rounded: it names
-the patients whose corner holds three quarters of the losses or more, not the two whose losses
-spread more (4.26, 5.59), which the lane names (0.50-0.84). No value names those without firing
-on agents labelled healthy: the full-wall seed 3 at 10.17M steps loses 55% of its balls in column 0
-(4.80), the two-thread 64-wide seed 3 50% (5.65). It was 2.5, set under a random policy (3.0,
-its losses on the two lanes the start geometry sends the first ball down) when no agent had fired
-it; networks of dead units measure 2.87-3.15 and fire it now, which their label allows. On agents
-stuck on the first wall (docs/results.md): 2.16 for one at 23 points for 17M steps, whose balls go
-down one lane to the bottom-left corner (fires); 4.58 for one at 31 points that loses them on two
-mirrored lanes (does not: a plateau is not always one hot spot)."""
+or fewer, one place the agent misses again and again (a paddle that cannot pass column 6: 1.45).
+No label of the diagnosis corpus (docs/studies/2026-12-07-diagnosis-corpus.md, 1000 episodes each,
+as `inspect`) has it as its own sign; it fires beside another finding, where that failure repeats
+itself: networks of dead units (2.87-3.15, their balls down the two lanes of the start) and the
+one-lane patients whose corner holds three quarters of their losses or more (2.17, 2.92; those
+whose other losses spread, 4.26 and 5.59, are named by lane alone). Every agent that must not fire
+it: 3.58 or more (policies blind to rows 0-6, mean return 3-4, 3.58-5.13; agents labelled healthy
+6.6 or more). 3.4 lies between 3.15 and 3.58. A random policy measures 3.0 (its losses on the two
+lanes the start sends the first ball down) and fires it too; an agent stuck on the first wall at 23
+points for 17M steps, whose balls go down one lane to the bottom-left corner, 2.16 (docs/results.md)."""
 
 MIN_LOSSES = 20
 """Fewer lost balls than this make where they were lost a small-sample figure: failure_hot_spots does
@@ -126,25 +117,19 @@ agents have 1-4% (healthy 4 and 7 of 256, broken 2 and 9), but briefly trained o
 hundred thousand steps at the default step size) measured 12-31%: units silent on the early walls
 those agents reach, which wake again on the states that come later in training. On the diagnosis
 corpus, measured as `inspect` does (256 games): step size 0.1 0.95-1.0, 0.03 without the bonus
-0.49-0.54, every other agent 0.07 or less. It was 0.5, which the 0.03 recipe passed at 0.56-0.64 on
-a quarter of the rollout but not at inspect's size (0.49: more frames wake more units); 0.4 lies
-between the young agents' 0.31 and that 0.49."""
+0.49-0.54, every other agent 0.07 or less. 0.4 lies between the young agents' 0.31 and 0.49 (a
+quarter of the rollout wakes fewer units: judge on inspect's 256 games)."""
 
 FIRST_WALL_SHARE = 0.43
 """first_wall_barrier fires when more than this share of all episodes end with the ball lost within
 NEARLY_CLEARED bricks of the first refill (27-33 bricks broken): the agent gets to the last tenth of
-the wall, or just past its refill, and loses the ball there, episode after episode. On the diagnosis
-corpus (docs/studies/2026-12-07-diagnosis-corpus.md, 1000 episodes each, as `inspect`): the
-plateaued agents 0.59 (fit part) and 0.50-0.69 (held out: the full-wall seed 3 at 3M, 6M and 8M
-steps); every other agent 0.33 or less (entropy cut at 1.5M steps 0.21-0.33, still learning the
-first wall at 3M steps 0.09-0.28, healthy at 4M steps 0.12-0.15, young 0.01-0.04) but one: the
-full-wall seed 3 at 10.17M steps, 0.48, whose training return had just passed 30 (so its learning
-curve labels it healthy) while 40% of its episodes still end on the ball just after the refill.
-0.43 is the middle of the fit part's gap (0.27 against 0.59). It
-replaces the median of the bricks standing at the losses before a first refill (fired under 4,
-judged when over 70% of the episodes ended there), which measured the held-out plateau at 3 on 256
-episodes and at 7 on 1000, and could not judge a plateau that loses 31% of its balls just after
-the refill (69% before it): a plateau loses its balls on both sides of the refill."""
+the wall, or just past its refill, and loses the ball there, episode after episode. A plateau loses
+its balls on both sides of the refill, so both count. On the diagnosis corpus
+(docs/studies/2026-12-07-diagnosis-corpus.md, 1000 episodes each, as `inspect`): the plateaued agents
+0.48-0.69 (the old configuration's seeds 1 and 3 at 3M steps 0.59; the full-wall seed 3 at 6M, 8M
+and 10.17M steps 0.69, 0.50, 0.48); every other agent 0.34 or less (entropy cut at 1.5M steps
+0.21-0.33, one-lane patients 0.02-0.34, still learning the first wall at 3M steps 0.09-0.28, healthy
+at 4M steps 0.12-0.15, young 0.01-0.04). 0.43 lies between 0.34 and 0.48."""
 
 NEARLY_CLEARED = 3
 """Bricks (of 30) from the first refill, either side, that count as "where the first wall ends"."""
@@ -166,17 +151,14 @@ LANE_SHARE = 0.45
 the last LANE_FRAMES frames, the share of the losses with the ball in that frame's commonest cell,
 the smallest of them. Half the losses down one path, of the dozens a playing agent's ball takes,
 is a lane it has not learnt (a random policy's two start lanes give 0.5 too, but LANE_MIN_RETURN
-leaves it unjudged). On the diagnosis corpus
-(docs/studies/2026-12-07-diagnosis-corpus.md, 1000 episodes each, as `inspect`), of the agents it
-judges (LANE_MIN_RETURN) and that must not fire it: 0.36 at most (healthy 0.12-0.28, entropy cut
-0.13-0.36) but two, both seed-3 agents docs/ had named for a lane, retrained: the full-wall
-configuration, whose first-wall plateau loses half its balls down one diagonal into column 0 or 1
-with the paddle 2+ columns away (0.50-0.55 from 3M to 10.17M steps, the last labelled healthy by
-its learning curve), and the 64-wide shared torso with two threads (0.50, return 43; that run's
-agent of 2026-12-03 lost 681 of 1000 balls down one diagonal); a collapsed policy 0.54; the
-hot-spot patients, which lose their balls down the diagonal into the corner they never learnt
-to defend, 0.50-0.84 (their label allows it). 0.45 lies between. It was 0.6, above the weak agents (blind or dead, 0.57-0.63 on 256 episodes) that
-LANE_MIN_RETURN now leaves unjudged."""
+leaves it unjudged). On the diagnosis corpus (docs/studies/2026-12-07-diagnosis-corpus.md, 1000
+episodes each, as `inspect`): the one-lane patients 0.50-0.84 (trained where the paddle returns no
+ball from columns 8-9, they lose their balls down the diagonal into that corner) and the 64-wide
+shared-torso seed 3 on two threads 0.50 (half its balls down (5,3)-(8,0) with the paddle 2+ columns
+away); of the agents it judges and that must not fire it, 0.36 at most (healthy 0.12-0.30, entropy
+cut 0.13-0.36). 0.45 lies between. Plateaued agents may fire it (the full-wall seed 3, 0.50-0.55:
+its plateau loses half its balls down one diagonal into column 0), and so may a collapsed policy
+(0.54)."""
 
 PRELOSS_FRAMES = 8
 """Frames before a lost ball that count as "the agent failing", as in the failure heatmap."""
