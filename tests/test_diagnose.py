@@ -20,7 +20,7 @@ import breakout_ppo.ppo as ppo
 import breakout_ppo.train as training
 from breakout_ppo.checkpoint import load_agent
 from breakout_ppo.config import preset
-from breakout_ppo.env import GRID, NOOP, PADDLE_ROW, RIGHT
+from breakout_ppo.env import GRID, LEFT, NOOP, PADDLE_ROW, RIGHT
 from breakout_ppo.model import ActorCritic
 from breakout_ppo.preflight import EntropyCheck
 from instruments.judge.diagnose import (
@@ -222,6 +222,22 @@ def test_failure_hot_spots_fire_on_a_policy_that_cannot_reach_the_right_wall():
 def test_failure_hot_spots_are_not_judged_on_a_handful_of_losses():
     finding = failure_hot_spots(failure_heatmap(right_wall_blind(), episodes=5, max_episode_steps=2000))
     assert not finding.fired and finding.verdict == "not judged"
+
+
+def test_failure_hot_spots_are_not_judged_where_the_start_decides_the_losses():
+    # A paddle parked in column 0 returns no ball that the start sends elsewhere: the game itself
+    # says nearly every ball falls before a second brick, on the start's landing columns.
+    def parked(obs):
+        return torch.full((obs.shape[0],), LEFT, dtype=torch.int64)
+    heatmap = failure_heatmap(parked, episodes=256, max_episode_steps=2000)
+    assert (heatmap.returns[heatmap.lost] <= 1).mean() > 0.9
+    assert np.count_nonzero(heatmap.ball_before_loss[0].sum(axis=0)) <= 3  # few columns: it would fire
+    finding = failure_hot_spots(heatmap)
+    assert not finding.fired and finding.verdict == "not judged", finding.details
+    assert "first descents" in evidence(finding)
+    # A player that returns balls and misses on one side is judged (and fires) as before.
+    blind = failure_hot_spots(failure_heatmap(right_wall_blind(), episodes=128, max_episode_steps=2000))
+    assert blind.details["lost_within_one_brick"] < 0.5 and blind.fired
 
 
 def test_dead_entropy_term_fires_on_an_update_that_drops_the_bonus(monkeypatch):

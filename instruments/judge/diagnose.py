@@ -97,14 +97,23 @@ LOSS_COLUMN_COUNT = 3.4
 entropy of the loss columns, 1..10) is below this: the losses then come from about three columns
 or fewer, one place the agent misses again and again (a paddle that cannot pass column 6: 1.45).
 No label of the diagnosis corpus (docs/studies/2026-12-07-diagnosis-corpus.md, 1000 episodes each,
-as `inspect`) has it as its own sign; it fires beside another finding, where that failure repeats
-itself: networks of dead units (2.87-3.15, their balls down the two lanes of the start) and the
-one-lane patients whose corner holds three quarters of their losses or more (2.17, 2.92; those
-whose other losses spread, 4.26 and 5.59, are named by lane alone). Every agent that must not fire
-it: 3.58 or more (policies blind to rows 0-6, mean return 3-4, 3.58-5.13; agents labelled healthy
-6.6 or more). 3.4 lies between 3.15 and 3.58. A random policy measures 3.0 (its losses on the two
-lanes the start sends the first ball down) and fires it too; an agent stuck on the first wall at 23
-points for 17M steps, whose balls go down one lane to the bottom-left corner, 2.16 (docs/results.md)."""
+as `inspect`) has it as its own sign; it fires beside lane on the one-lane patients whose corner
+holds three quarters of their losses or more (2.17-2.92; those whose other losses spread, 4.26-6.29,
+are named by lane alone). Every agent it judges that must not fire it: 3.58 or more (policies blind
+to rows 0-6 3.58-5.51, critics that cannot learn 5.12-8.79, agents labelled healthy 6.5 or more).
+3.4 lies between 2.92 and 3.58. An agent stuck on the first wall at 23 points for 17M steps, whose
+balls go down one lane to the bottom-left corner, measured 2.16 (docs/results.md)."""
+
+EARLY_LOSS_BRICKS, EARLY_LOSS_SHARE = 1, 0.5
+"""failure_hot_spots is judged only when fewer than half of the lost balls (EARLY_LOSS_SHARE) end an
+episode of EARLY_LOSS_BRICKS brick or none. A ball lost before the agent has broken two bricks
+falls on its first or second descent, whose landing columns the start fixes (the ball starts in a
+corner, moving diagonally down), so when most losses are of that kind the columns are the start's,
+not the agent's: a random policy measures 3.0 that way. On the diagnosis corpus
+(docs/studies/2026-12-07-diagnosis-corpus.md) networks of dead units lose 0.88-0.94 of their balls so,
+a critic that never learnt to return the first ball 0.71 (2.83 loss columns: the start's two
+lanes); every other agent 0.36 or less (critics 0.17-0.36, policies blind to rows 0-6 0.06-0.18,
+everything that plays 0.05 or less)."""
 
 MIN_LOSSES = 20
 """Fewer lost balls than this make where they were lost a small-sample figure: failure_hot_spots does
@@ -445,9 +454,12 @@ def tunnel_vision(model, rollout: FreshRollout, frames: int = 2048) -> Finding:
 
 
 def failure_hot_spots(heatmap: FailureHeatmap) -> Finding:
-    """The lost balls fall in few columns: one place the agent systematically misses."""
+    """The lost balls fall in few columns: one place the agent systematically misses. Judged when
+    there are MIN_LOSSES losses and most come after the agent broke two bricks (EARLY_LOSS_SHARE)."""
     loss_columns = heatmap.ball_before_loss[0].sum(axis=0)  # frame age 0: the ball is in row 8
-    enough = heatmap.losses >= MIN_LOSSES
+    early = (float((heatmap.returns[heatmap.lost] <= EARLY_LOSS_BRICKS).mean())
+             if heatmap.losses else math.nan)
+    enough = heatmap.losses >= MIN_LOSSES and early < EARLY_LOSS_SHARE
     columns = effective_count(loss_columns) if enough else math.nan
     path = heatmap.ball_before_loss.sum(axis=0)
     return Finding(
@@ -456,7 +468,7 @@ def failure_hot_spots(heatmap: FailureHeatmap) -> Finding:
         advice="Most balls are lost in the same place: read failure_heatmap.png for the lane that leads there "
                "and train longer or on more of those states.",
         details={"losses": heatmap.losses, "episodes": heatmap.episodes,
-                 "loss_column_counts": [int(c) for c in loss_columns],
+                 "loss_column_counts": [int(c) for c in loss_columns], "lost_within_one_brick": early,
                  "top_cells_before_loss": top_cells(path),
                  "effective_cells_before_loss": effective_count(path) if heatmap.losses else None})
 
@@ -577,6 +589,10 @@ def evidence(f: Finding) -> str:
     if f.name == "tunnel_vision":
         return f"the ball's visits on cells the policy does not look at: {_rows(d.get('blind_cells', []))}"
     if f.name == "failure_hot_spots":
+        early = d.get("lost_within_one_brick")
+        if f.verdict == "not judged" and early is not None and early == early and early >= EARLY_LOSS_SHARE:
+            return (f"not judged: {early:.0%} of the lost balls were lost before a second brick broke, on the "
+                    f"first descents, whose columns the start fixes")
         return f"balls lost per column 0-9: {d['loss_column_counts']}"
     if f.name == "first_wall_barrier":
         return (f"{d['lost_around_first_refill']} of {d['episodes']} episodes lost within {NEARLY_CLEARED} bricks of "
