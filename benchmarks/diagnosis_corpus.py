@@ -37,7 +37,7 @@ each of its steps. The failures are made as follows (TRAININGS below has the fla
   64-wide seed 3 on two threads one_lane, the full-wall seed 3 at 10.17M first_wall_plateau; the
   others by the learning curve.
 
-Agents of seeds 1-4 form the fit part, seeds 5-6 the held-out part (FIT_SEEDS). Each agent is judged as
+Agents of seeds 1-6 form the fit part, seeds 7-8 the held-out part (FIT_SEEDS). Each agent is judged as
 `inspect` judges it: a failure heatmap of 1000 episodes and `play_fresh_rollout`'s 256 games; the
 heatmaps are kept under benchmarks/results/ (outside git), so that a finding of the heatmap can be
 rejudged without replaying.
@@ -74,10 +74,10 @@ from instruments.judge.diagnose import FINDING_NAMES
 
 CORPUS = ROOT / "benchmarks" / "diagnosis_corpus"
 MANIFEST = CORPUS / "manifest.json"
-FIT_SEEDS, HELD_OUT_SEEDS = (1, 2, 3, 4), (5, 6)
-"""Seeds 3-4 were the held-out part until their results changed two labels (docs/studies/
-2026-12-07-diagnosis-corpus.md, "Labels settled"); from then on they are fit data, and seeds 5-6,
-trained after the thresholds and labels were committed, are the held-out part."""
+FIT_SEEDS, HELD_OUT_SEEDS = (1, 2, 3, 4, 5, 6), (7, 8)
+"""Each held-out part turns into fit data once its results change the diagnosis or a label, and new
+seeds, trained after that change is committed, are held out: seeds 3-4 (labels settled on their
+results), then 5-6 (failure hot spots' start gate), now 7-8 (docs/studies/2026-12-07-diagnosis-corpus.md)."""
 
 OLD_DEFAULT = dict(hidden=64, shared_layers=0, clip_value=True, partial_wall_starts=0.0, random_ball_starts=False)
 """The configuration of the first sessions, whose seeds plateaued on the first wall (docs/results.md)."""
@@ -593,7 +593,7 @@ def main(argv=None) -> None:
     evaluate = commands.add_parser("evaluate", help="Measure every agent, fit thresholds, print the confusion table.")
     evaluate.add_argument("--episodes", type=int, default=1000, help="heatmap episodes per agent (inspect's 1000)")
     evaluate.add_argument("--json", dest="json_path", type=Path,
-                          default=ROOT / "docs" / "measurements" / "diagnosis_corpus_2026-12-07_fresh_seeds.json")
+                          default=ROOT / "docs" / "measurements" / "diagnosis_corpus_2026-12-07_seeds7-8.json")
     args = parser.parse_args(argv)
     if args.command == "train":
         train_command(args.names)

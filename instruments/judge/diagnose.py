@@ -26,7 +26,7 @@ The thresholds are module constants; each docstring says why that value. "Health
 there are the default preset, seed 1, 14M steps, trained as is (`python cli.py train`) and with
 the entropy term cut out of the optimised loss (`benchmarks/broken_agent.py`). "The diagnosis
 corpus" is `benchmarks/diagnosis_corpus.py`: real agents with a label each, thresholds fitted on
-seeds 1-4 and judged on held-out seeds 5-6 (docs/studies/2026-12-07-diagnosis-corpus.md).
+seeds 1-6 and judged on held-out seeds 7-8 (docs/studies/2026-12-07-diagnosis-corpus.md).
 """
 
 from __future__ import annotations
