@@ -55,10 +55,10 @@ VALUE_EXPLAINED = 0.0
 Below 0 V predicts the return worse than the return's own mean would: a critic that tracks
 nothing, however much it moves. That bound is the reason for 0, not a fit; on the diagnosis corpus
 (docs/studies/2026-12-07-diagnosis-corpus.md, measured as `inspect` does) the critics trained with
-`--vf-coef 0` measured -0.18 to 0.06, every other agent with live units 0.12 or more (policies blind
-to rows 0-6 0.12-0.14, the youngest healthy ones 0.34-0.41). The one critic above 0 (0.06) is flat
-(0.16 of the return's spread) and fires by VALUE_SPREAD_RATIO; the one the spread alone missed
-(0.36 of the spread, explained variance -0.18) fires by this bound."""
+`--vf-coef 0` measured -0.97 to 0.06, every other agent with live units 0.12 or more (policies blind
+to rows 0-6 0.12-0.17, the youngest healthy ones 0.32-0.46). The one critic above 0 (0.06) is flat
+(0.16 of the return's spread) and fires by VALUE_SPREAD_RATIO; those the spread misses (0.36-0.88
+of it) fire by this bound (-0.97 to -0.18)."""
 
 VALUE_SPREAD_RATIO = 0.3
 """value_stuck also fires when std(V) / std(G) is below this: a flat value. A critic that tracks the
@@ -66,9 +66,9 @@ return moves about as much as the return does (measured: healthy 0.81 and 0.95, 
 0.95, seeds 1 and 2); one that outputs the same value everywhere has ratio 0, and explained
 variance near 0 on either side. Below 0.3 the value moves less than a third as much as the return
 it predicts, so even perfectly correlated it explains at most about half the return's variance
-(2r - r^2 = 0.51). On the diagnosis corpus: critics trained with `--vf-coef 0` 0.16-0.36 (their
-heads follow the shared torso's features), every other agent with live units 0.41 or more; a
-critic whose V moves without following the return (0.36, explained variance -0.18) is what
+(2r - r^2 = 0.51). On the diagnosis corpus: critics trained with `--vf-coef 0` 0.16-0.88 (their
+heads follow the shared torso's features), every other agent with live units 0.34 or more; a
+critic whose V moves without following the return (0.36-0.88, explained variance below 0) is what
 VALUE_EXPLAINED is for."""
 
 ENTROPY_FRACTION = 0.15
@@ -78,8 +78,8 @@ stopped exploring where it most needs to. 0.15 of log 3 is a policy putting 97% 
 Measured: healthy 0.29 and 0.35, broken 0.075 and 0.058 (seeds 1 and 2); 0.15 is halfway between
 0.075 and 0.29 on a log scale. Runs of 3M steps keep 0.21-0.27 even with ent_coef 0: the collapse
 takes the full schedule without the bonus. On the diagnosis corpus: the bonus with the wrong sign
-0.067-0.093, every other agent 0.21 or more (entropy cut at 1.5M steps 0.27-0.37: not collapsed
-yet); the middle of the fit part's gap (0.088 against 0.21) is 0.15."""
+0.073-0.126, every other agent 0.205 or more (entropy cut at 1.5M steps 0.26-0.41: not collapsed
+yet); 0.15 lies between."""
 
 BLIND_BALL_SHARE = 0.3
 """tunnel_vision fires when more than this share of the ball's visits fall on cells the policy is
@@ -98,7 +98,7 @@ entropy of the loss columns, 1..10) is below this: the losses then come from abo
 or fewer, one place the agent misses again and again (a paddle that cannot pass column 6: 1.45).
 No label of the diagnosis corpus (docs/studies/2026-12-07-diagnosis-corpus.md, 1000 episodes each,
 as `inspect`) has it as its own sign; it fires beside lane on the one-lane patients whose corner
-holds three quarters of their losses or more (2.17-2.92; those whose other losses spread, 4.26-6.29,
+holds three quarters of their losses or more (2.17-2.92; those whose other losses spread, 3.89-6.29,
 are named by lane alone). Every agent it judges that must not fire it: 3.58 or more (policies blind
 to rows 0-6 3.58-5.51, critics that cannot learn 5.12-8.79, agents labelled healthy 6.5 or more).
 3.4 lies between 2.92 and 3.58. An agent stuck on the first wall at 23 points for 17M steps, whose
@@ -126,7 +126,7 @@ agents have 1-4% (healthy 4 and 7 of 256, broken 2 and 9), but briefly trained o
 hundred thousand steps at the default step size) measured 12-31%: units silent on the early walls
 those agents reach, which wake again on the states that come later in training. On the diagnosis
 corpus, measured as `inspect` does (256 games): step size 0.1 0.95-1.0, 0.03 without the bonus
-0.49-0.54, every other agent 0.07 or less. 0.4 lies between the young agents' 0.31 and 0.49 (a
+0.49-1.0, every other agent 0.17 or less. 0.4 lies between the young agents' 0.31 and 0.49 (a
 quarter of the rollout wakes fewer units: judge on inspect's 256 games)."""
 
 FIRST_WALL_SHARE = 0.43
@@ -135,10 +135,12 @@ NEARLY_CLEARED bricks of the first refill (27-33 bricks broken): the agent gets 
 the wall, or just past its refill, and loses the ball there, episode after episode. A plateau loses
 its balls on both sides of the refill, so both count. On the diagnosis corpus
 (docs/studies/2026-12-07-diagnosis-corpus.md, 1000 episodes each, as `inspect`): the plateaued agents
-0.48-0.69 (the old configuration's seeds 1 and 3 at 3M steps 0.59; the full-wall seed 3 at 6M, 8M
-and 10.17M steps 0.69, 0.50, 0.48); every other agent 0.34 or less (entropy cut at 1.5M steps
-0.21-0.33, one-lane patients 0.02-0.34, still learning the first wall at 3M steps 0.09-0.28, healthy
-at 4M steps 0.12-0.15, young 0.01-0.04). 0.43 lies between 0.34 and 0.48."""
+at the wall's end 0.48-0.69 (the old configuration's seeds 1 and 3 at 3M steps 0.59; the full-wall
+seed 3 at 6M, 8M and 10.17M steps 0.69, 0.50, 0.48); every agent labelled otherwise 0.35 or less
+(entropy cut at 1.5M steps 0.21-0.33, one-lane patients 0.02-0.35, still learning the first wall at
+3M steps 0.01-0.29, healthy at 4M steps 0.12-0.22, young 0.01-0.04). 0.43 lies between 0.35 and 0.48.
+A plateau in the middle of the wall is not this: one at 22 points for 3M steps measures 0.26-0.31,
+as agents still learning there do."""
 
 NEARLY_CLEARED = 3
 """Bricks (of 30) from the first refill, either side, that count as "where the first wall ends"."""
@@ -161,11 +163,12 @@ the last LANE_FRAMES frames, the share of the losses with the ball in that frame
 the smallest of them. Half the losses down one path, of the dozens a playing agent's ball takes,
 is a lane it has not learnt (a random policy's two start lanes give 0.5 too, but LANE_MIN_RETURN
 leaves it unjudged). On the diagnosis corpus (docs/studies/2026-12-07-diagnosis-corpus.md, 1000
-episodes each, as `inspect`): the one-lane patients 0.50-0.84 (trained where the paddle returns no
+episodes each, as `inspect`): the one-lane patients 0.43-0.84 (trained where the paddle returns no
 ball from columns 8-9, they lose their balls down the diagonal into that corner) and the 64-wide
 shared-torso seed 3 on two threads 0.50 (half its balls down (5,3)-(8,0) with the paddle 2+ columns
-away); of the agents it judges and that must not fire it, 0.36 at most (healthy 0.12-0.30, entropy
-cut 0.13-0.36). 0.45 lies between. Plateaued agents may fire it (the full-wall seed 3, 0.50-0.55:
+away); of the agents it judges and that must not fire it, 0.43 at most (healthy 0.12-0.30, entropy
+cut 0.13-0.43). 0.45 lies above all of those and under every patient but the weakest (0.43, 44% of
+its balls into its corner): there the two overlap. Plateaued agents may fire it (the full-wall seed 3, 0.50-0.55:
 its plateau loses half its balls down one diagonal into column 0), and so may a collapsed policy
 (0.54)."""
 
