@@ -391,6 +391,8 @@ def inspect(checkpoint, example, episodes, out_dir, seed, max_video_steps, tenso
         click.echo(f"  {line}")
         if finding.fired:  # what made it fire: the cells, counts or figures behind the value
             click.echo(f"       evidence: {evidence(finding)}")
+        elif finding.verdict == "not judged":  # why it has no value ("not judged: ...")
+            click.echo(f"       {evidence(finding)}")
     click.echo(f"files in {result.out_dir}:")
     for name, path in result.files.items():
         click.echo(f"  {name:14} {Path(path).name}")

@@ -222,6 +222,7 @@ def test_failure_hot_spots_fire_on_a_policy_that_cannot_reach_the_right_wall():
 def test_failure_hot_spots_are_not_judged_on_a_handful_of_losses():
     finding = failure_hot_spots(failure_heatmap(right_wall_blind(), episodes=5, max_episode_steps=2000))
     assert not finding.fired and finding.verdict == "not judged"
+    assert evidence(finding) == f"not judged: {finding.details['losses']} lost balls, under the 20 it needs"
 
 
 def test_failure_hot_spots_are_not_judged_where_the_start_decides_the_losses():
@@ -349,6 +350,9 @@ def test_a_fired_finding_shows_its_evidence_and_links_its_figure_on_the_page():
     assert "evidence: 80 of 100 episodes" in html and 'href="#failures"' in html
     quiet = first_wall_barrier(counted_heatmap([25] * 100, refills, lost))
     assert not quiet.fired and "evidence:" not in finding_html(quiet)
+    # A finding with no value says why on the page, as in the terminal.
+    unjudged = lane(counted_heatmap([27] * 100, [0] * 100, [True] * 100, returns=[3] * 100))
+    assert unjudged.verdict == "not judged" and "not judged: mean return 3, under 7.5" in finding_html(unjudged)
 
 
 # ---------------------------------------------------------------------------------------------

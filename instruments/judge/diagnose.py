@@ -575,9 +575,31 @@ def _rows(cells) -> str:
     return f"{span} ({len(cells)} cells)"
 
 
-def evidence(f: Finding) -> str:
-    """The figures behind `f`'s value, read from its details: what a reader checks on the pictures."""
+def why_not_judged(f: Finding) -> str:
+    """Why `f` has no value: the gate it did not pass, in words."""
     d = f.details
+    if f.name == "lane" and d.get("mean_return", LANE_MIN_RETURN) < LANE_MIN_RETURN:
+        return (f"mean return {format_number(d['mean_return'])}, under {LANE_MIN_RETURN}: the agent loses the ball "
+                f"within its first bounces, whose paths the start fixes")
+    early = d.get("lost_within_one_brick")
+    if f.name == "failure_hot_spots" and early is not None and early == early and early >= EARLY_LOSS_SHARE:
+        return (f"{early:.0%} of the lost balls were lost before a second brick broke, on the first descents, "
+                f"whose columns the start fixes")
+    if d.get("losses") is not None and d["losses"] < MIN_LOSSES:
+        return f"{d['losses']} lost balls, under the {MIN_LOSSES} it needs"
+    if f.name == "tunnel_vision":
+        return "the policy's saliency is 0 on every cell, or the ball never showed"
+    if f.name == "value_stuck":
+        return "the return did not vary over the rollout"
+    return "nothing to measure it on"
+
+
+def evidence(f: Finding) -> str:
+    """The figures behind `f`'s value, read from its details: what a reader checks on the pictures;
+    for a finding not judged, why not."""
+    d = f.details
+    if f.verdict == "not judged":
+        return f"not judged: {why_not_judged(f)}"
     if f.name == "value_stuck":
         flat = d["spread_ratio"] is not None and d["spread_ratio"] < VALUE_SPREAD_RATIO
         return (f"V explains {format_number(d['explained_variance'], 2)} of the return's variance on "
@@ -592,19 +614,12 @@ def evidence(f: Finding) -> str:
     if f.name == "tunnel_vision":
         return f"the ball's visits on cells the policy does not look at: {_rows(d.get('blind_cells', []))}"
     if f.name == "failure_hot_spots":
-        early = d.get("lost_within_one_brick")
-        if f.verdict == "not judged" and early is not None and early == early and early >= EARLY_LOSS_SHARE:
-            return (f"not judged: {early:.0%} of the lost balls were lost before a second brick broke, on the "
-                    f"first descents, whose columns the start fixes")
         return f"balls lost per column 0-9: {d['loss_column_counts']}"
     if f.name == "first_wall_barrier":
         return (f"{d['lost_around_first_refill']} of {d['episodes']} episodes lost within {NEARLY_CLEARED} bricks of "
                 f"the first refill: {d['lost_nearly_cleared']} with at most {NEARLY_CLEARED} bricks of the first wall "
                 f"standing, {d['lost_just_after_refill']} just after the refill")
     if f.name == "lane":
-        if f.verdict == "not judged" and d.get("mean_return", LANE_MIN_RETURN) < LANE_MIN_RETURN:
-            return (f"not judged: mean return {format_number(d['mean_return'])}, under {LANE_MIN_RETURN}: the "
-                    f"agent loses the ball within its first bounces, whose paths the start fixes")
         cells = " ".join(f"({r},{c})" for r, c in d["lane_cells"])
         return (f"ball in cells {cells} (row, column; the last frame first) on "
                 f"{', '.join(f'{x:.0%}' for x in d['share_per_frame'])} of {d['losses']} losses; paddle 2+ "

@@ -97,13 +97,16 @@ FINDING_FIGURES = {
 
 def finding_html(f) -> str:
     """One finding of `instruments.judge.diagnose`: title, verdict, value against threshold, advice;
-    a fired one also its evidence (the cells or figures that made it fire) and a link to its figure."""
+    a fired one also its evidence (the cells or figures that made it fire) and a link to its figure,
+    one not judged why not."""
     details = ""
     if f.details:
         rows = [(esc(k), esc(json.dumps(v) if isinstance(v, (dict, list)) else format_number(v)))
                 for k, v in f.details.items()]
         details = f"<details><summary>details</summary>{table(rows)}</details>"
     shown = ""
+    if f.verdict == "not judged":
+        shown = f'<p class="evidence">{esc(evidence(f))}</p>'
     if f.fired:
         shown = f'<p class="evidence">evidence: {esc(evidence(f))}'
         if f.name in FINDING_FIGURES:
