@@ -222,6 +222,24 @@ class Ranks:
             ) from None
 
 
+def _import_group_capturing_modules() -> None:
+    """Import, before the default group exists, the module that would otherwise hold it forever.
+
+    `torch.distributed.nn.functional` binds `group.WORLD` as the default argument of ten functions
+    when it is first imported: `None` before `init_process_group`, the default ProcessGroup itself
+    after. torch._dynamo imports it, and the first Adam optimizer imports torch._dynamo, so in
+    training it was imported after the group was made and its defaults held the group for the life
+    of the interpreter. `destroy_process_group` then freed nothing: gloo's worker threads (and rank
+    0's store server, outside torchrun) ran on into interpreter finalisation, and a worker thread
+    that dropped its last reference to a finished collective after finalisation began (a barrier
+    still holding the all-gather before it, whose tensors Python made) had to take the GIL to free
+    those tensors; Python ends such a thread with pthread_exit, whose unwinding through the work's
+    noexcept destructor is std::terminate: "terminate called without an active exception",
+    SIGABRT, after every file was written. Imported first, the defaults hold None, the group dies
+    in `destroy_process_group` with its threads joined, and the interpreter exits alone."""
+    import torch.distributed.nn.functional  # noqa: F401
+
+
 def join(device) -> Ranks:
     """Join the process group when launched by torchrun (gloo on CPU; NCCL on CUDA, one GPU per
     local rank), else a world of one. On CUDA the returned `device` is this rank's GPU."""
@@ -236,6 +254,7 @@ def join(device) -> Ranks:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
+        _import_group_capturing_modules()
         try:
             dist.init_process_group(backend, timeout=timedelta(seconds=TIMEOUT_SECONDS),
                                     device_id=device if backend == "nccl" else None)
@@ -255,8 +274,8 @@ def leave(ranks: Ranks) -> None:
 
     Called from the caller's `finally`. On the normal way out (no exception on its way up) every
     rank first meets the others at a barrier, so none tears the group down while another is still
-    in a collective: a rank whose peer had already destroyed the group could abort at exit
-    (SIGABRT, "terminate called without an active exception"). The barrier waits at most
+    in a collective (the abort at exit once put down to that, "terminate called without an active
+    exception", had another cause: `_import_group_capturing_modules`). The barrier waits at most
     `TIMEOUT_SECONDS`, through the gloo group (`monitored_barrier` takes a timeout; under NCCL the
     side group), so a peer that died or hung at the very end delays the exit, never blocks it; a
     failed barrier is let go, the run's work being done. On the way out of an error (a lost peer,
