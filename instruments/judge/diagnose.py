@@ -110,10 +110,10 @@ episode of EARLY_LOSS_BRICKS brick or none. A ball lost before the agent has bro
 falls on its first or second descent, whose landing columns the start fixes (the ball starts in a
 corner, moving diagonally down), so when most losses are of that kind the columns are the start's,
 not the agent's: a random policy measures 3.0 that way. On the diagnosis corpus
-(docs/studies/2026-12-07-diagnosis-corpus.md) networks of dead units lose 0.88-0.94 of their balls so,
-a critic that never learnt to return the first ball 0.71 (2.83 loss columns: the start's two
-lanes); every other agent 0.36 or less (critics 0.17-0.36, policies blind to rows 0-6 0.06-0.18,
-everything that plays 0.05 or less)."""
+(docs/studies/2026-12-07-diagnosis-corpus.md) networks of dead units lose 0.69-0.94 of their balls
+so, critics that rarely return the first ball 0.51-0.77 (one of them 2.83 loss columns, the start's
+landing columns 5 and 7); every other agent 0.36 or less (the other critics 0.17-0.36, policies
+blind to rows 0-6 0.06-0.18, everything that plays 0.05 or less)."""
 
 MIN_LOSSES = 20
 """Fewer lost balls than this make where they were lost a small-sample figure: failure_hot_spots does
