@@ -395,6 +395,11 @@ def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
 # Findings, one function each
 
 
+def not_judged_because(reason: str | None) -> dict:
+    """The details entry a finding with no value carries: why not, in words ({} when judged)."""
+    return {"not_judged_because": reason} if reason else {}
+
+
 def value_stuck(rollout: FreshRollout) -> Finding:
     """V(s) does not follow the discounted return: it explains too little of its variance."""
     return_std, value_std = float(rollout.returns.std()), float(rollout.values.std())
@@ -413,7 +418,8 @@ def value_stuck_finding(explained: float, value_std: float, return_std: float, f
         advice="The critic ignores the state: check the value loss reaches the critic (vf_coef, value clipping, "
                "the returns it regresses on) before tuning the policy.",
         details={"value_std": value_std, "return_std": return_std, "spread_ratio": ratio,
-                 "explained_variance": explained, "frames": frames})
+                 "explained_variance": explained, "frames": frames,
+                 **not_judged_because(None if explained == explained else "the return did not vary on the rollout")})
 
 
 def entropy_collapse(rollout: FreshRollout) -> Finding:
@@ -429,7 +435,8 @@ def entropy_collapse(rollout: FreshRollout) -> Finding:
         details={"entropy_before_loss_nats": float(failing.mean()) if failing.numel() else None,
                  "entropy_all_frames_nats": float(rollout.entropy.mean()),
                  "max_entropy_nats": maximum, "frames_before_loss": int(failing.numel()),
-                 "losses": rollout.losses})
+                 "losses": rollout.losses,
+                 **not_judged_because(None if failing.numel() else "no ball was lost on the rollout")})
 
 
 def tunnel_vision(model, rollout: FreshRollout, frames: int = 2048) -> Finding:
@@ -453,7 +460,16 @@ def tunnel_vision(model, rollout: FreshRollout, frames: int = 2048) -> Finding:
                  "ball_share_per_row": [round(float(x), 4) for x in ball.sum(1) / max(float(ball.sum()), 1e-12)],
                  "saliency_cell_share_90": looked_at, "ball_cell_share_90": travelled,
                  "area_ratio": looked_at / travelled if travelled > 0 else None,
-                 "top_saliency_cells": top_cells(saliency), "frames": int(len(index))})
+                 "top_saliency_cells": top_cells(saliency), "frames": int(len(index)),
+                 **not_judged_because(None if share == share else "the ball never showed on the rollout"
+                                      if ball.sum() == 0 else "the policy's saliency is 0 on every cell")})
+
+
+def too_few_losses(heatmap: FailureHeatmap) -> str | None:
+    """Why a finding of the heatmap is not judged on too few lost balls (MIN_LOSSES), or None."""
+    if heatmap.losses < MIN_LOSSES:
+        return f"{heatmap.losses} lost balls, under the {MIN_LOSSES} it needs"
+    return None
 
 
 def failure_hot_spots(heatmap: FailureHeatmap) -> Finding:
@@ -462,8 +478,10 @@ def failure_hot_spots(heatmap: FailureHeatmap) -> Finding:
     loss_columns = heatmap.ball_before_loss[0].sum(axis=0)  # frame age 0: the ball is in row 8
     early = (float((heatmap.returns[heatmap.lost] <= EARLY_LOSS_BRICKS).mean())
              if heatmap.losses else math.nan)
-    enough = heatmap.losses >= MIN_LOSSES and early < EARLY_LOSS_SHARE
-    columns = effective_count(loss_columns) if enough else math.nan
+    gate = too_few_losses(heatmap) or (
+        f"{early:.0%} of the lost balls were lost before a second brick broke, on the first descents, "
+        f"whose columns the start fixes" if early >= EARLY_LOSS_SHARE else None)
+    columns = effective_count(loss_columns) if gate is None else math.nan
     path = heatmap.ball_before_loss.sum(axis=0)
     return Finding(
         name="failure_hot_spots", title="failure hot spots", fired=columns < LOSS_COLUMN_COUNT, value=columns,
@@ -473,7 +491,8 @@ def failure_hot_spots(heatmap: FailureHeatmap) -> Finding:
         details={"losses": heatmap.losses, "episodes": heatmap.episodes,
                  "loss_column_counts": [int(c) for c in loss_columns], "lost_within_one_brick": early,
                  "top_cells_before_loss": top_cells(path),
-                 "effective_cells_before_loss": effective_count(path) if heatmap.losses else None})
+                 "effective_cells_before_loss": effective_count(path) if heatmap.losses else None,
+                 **not_judged_because(gate)})
 
 
 def first_wall_barrier(heatmap: FailureHeatmap) -> Finding:
@@ -482,7 +501,8 @@ def first_wall_barrier(heatmap: FailureHeatmap) -> Finding:
     last bricks of the first wall, or the first of the refilled one)."""
     broken = NUM_BRICK_CELLS * heatmap.refills + (NUM_BRICK_CELLS - heatmap.bricks_left)  # bricks broken in the episode
     around = heatmap.lost & (np.abs(broken - NUM_BRICK_CELLS) <= NEARLY_CLEARED)
-    share = float(around.sum()) / heatmap.episodes if heatmap.losses >= MIN_LOSSES else math.nan
+    gate = too_few_losses(heatmap)
+    share = float(around.sum()) / heatmap.episodes if gate is None else math.nan
     first_wall = heatmap.lost & (heatmap.refills == 0)
     after_refill = heatmap.lost & (heatmap.refills == 1)
     return Finding(
@@ -496,17 +516,20 @@ def first_wall_barrier(heatmap: FailureHeatmap) -> Finding:
                                                  & (heatmap.bricks_left >= NUM_BRICK_CELLS - NEARLY_CLEARED)).sum()),
                  "losses_before_first_refill": int(first_wall.sum()),
                  "bricks_left_at_first_wall_losses": np.bincount(heatmap.bricks_left[first_wall],
-                                                                 minlength=NUM_BRICK_CELLS + 1).tolist()})
+                                                                 minlength=NUM_BRICK_CELLS + 1).tolist(),
+                 **not_judged_because(gate)})
 
 
 def lane(heatmap: FailureHeatmap) -> Finding:
     """Most balls are lost down one path: the same cell, frame after frame, before the loss. Judged
     only on an agent that plays: a mean return of LANE_MIN_RETURN or more."""
-    enough = heatmap.losses >= MIN_LOSSES and heatmap.mean_return >= LANE_MIN_RETURN
+    gate = too_few_losses(heatmap) or (
+        f"mean return {format_number(heatmap.mean_return)}, under {LANE_MIN_RETURN}: the agent loses the ball "
+        f"within its first bounces, whose paths the start fixes" if heatmap.mean_return < LANE_MIN_RETURN else None)
     frames = heatmap.ball_before_loss[:LANE_FRAMES].reshape(LANE_FRAMES, -1)
     top = frames.argmax(1)
     shares = frames.max(1) / max(heatmap.losses, 1)
-    share = float(shares.min()) if enough else math.nan
+    share = float(shares.min()) if gate is None else math.nan
     offsets = heatmap.offset_before_loss[0]  # frame age 0: ball column - paddle column, + 9
     far = float(offsets[np.abs(np.arange(len(offsets)) - (GRID - 1)) >= 2].sum() / max(offsets.sum(), 1))
     return Finding(
@@ -517,7 +540,7 @@ def lane(heatmap: FailureHeatmap) -> Finding:
         details={"lane_cells": [[int(i // GRID), int(i % GRID)] for i in top],
                  "share_per_frame": [round(float(x), 4) for x in shares],
                  "paddle_two_or_more_columns_away": far, "losses": heatmap.losses,
-                 "mean_return": heatmap.mean_return})
+                 "mean_return": heatmap.mean_return, **not_judged_because(gate)})
 
 
 def dead_entropy_term(config: Config, check: EntropyCheck | None = None) -> Finding:
@@ -558,7 +581,8 @@ def dead_units(model, rollout: FreshRollout, batch_size: int = 16384) -> Finding
         threshold=DEAD_UNIT_SHARE, comparison=">",
         advice="Many ReLU units never fire and no longer learn: lower the learning rate or max_grad_norm, "
                "or re-initialise them.",
-        details={"layers": per_layer, "dead": dead_total, "units": units_total})
+        details={"layers": per_layer, "dead": dead_total, "units": units_total,
+                 **not_judged_because(None if units_total else "the model has no ReLU units to watch")})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -575,31 +599,12 @@ def _rows(cells) -> str:
     return f"{span} ({len(cells)} cells)"
 
 
-def why_not_judged(f: Finding) -> str:
-    """Why `f` has no value: the gate it did not pass, in words."""
-    d = f.details
-    if f.name == "lane" and d.get("mean_return", LANE_MIN_RETURN) < LANE_MIN_RETURN:
-        return (f"mean return {format_number(d['mean_return'])}, under {LANE_MIN_RETURN}: the agent loses the ball "
-                f"within its first bounces, whose paths the start fixes")
-    early = d.get("lost_within_one_brick")
-    if f.name == "failure_hot_spots" and early is not None and early == early and early >= EARLY_LOSS_SHARE:
-        return (f"{early:.0%} of the lost balls were lost before a second brick broke, on the first descents, "
-                f"whose columns the start fixes")
-    if d.get("losses") is not None and d["losses"] < MIN_LOSSES:
-        return f"{d['losses']} lost balls, under the {MIN_LOSSES} it needs"
-    if f.name == "tunnel_vision":
-        return "the policy's saliency is 0 on every cell, or the ball never showed"
-    if f.name == "value_stuck":
-        return "the return did not vary over the rollout"
-    return "nothing to measure it on"
-
-
 def evidence(f: Finding) -> str:
     """The figures behind `f`'s value, read from its details: what a reader checks on the pictures;
     for a finding not judged, why not."""
     d = f.details
-    if f.verdict == "not judged":
-        return f"not judged: {why_not_judged(f)}"
+    if f.verdict == "not judged":  # the gate it did not pass, as its finding wrote it
+        return f"not judged: {d.get('not_judged_because') or 'nothing to measure it on'}"
     if f.name == "value_stuck":
         flat = d["spread_ratio"] is not None and d["spread_ratio"] < VALUE_SPREAD_RATIO
         return (f"V explains {format_number(d['explained_variance'], 2)} of the return's variance on "
