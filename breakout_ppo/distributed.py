@@ -274,9 +274,9 @@ def leave(ranks: Ranks) -> None:
 
     Called from the caller's `finally`. On the normal way out (no exception on its way up) every
     rank first meets the others at a barrier, so none tears the group down while another is still
-    in a collective. The barrier waits at most
-    `TIMEOUT_SECONDS`, through the gloo group (`monitored_barrier` takes a timeout; under NCCL the
-    side group), so a peer that died or hung at the very end delays the exit, never blocks it; a
+    in a collective. The barrier waits at most `TIMEOUT_SECONDS`, through the gloo group
+    (`monitored_barrier` takes a timeout; under NCCL the side group), so a peer that died or hung
+    at the very end delays the exit, never blocks it; a
     failed barrier is let go, the run's work being done. On the way out of an error (a lost peer,
     an error all ranks agreed on, a second Ctrl-C) there is no barrier: a survivor must exit at
     once with its one line, and its peers may never come."""

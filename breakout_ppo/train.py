@@ -327,6 +327,8 @@ def _train(config, run_dir, ranks, *, payload, resume, progress, after_update, s
             minibatch_order.set_state(payload["rng"]["minibatch_order"])
         global_step, first_update = payload["global_step"], payload["update"]
 
+    # Captured only in one process, where the minibatch order is the sampler's stream: the graphs
+    # draw both from `sampler`, as the eager path does there.
     try:  # before anything is written: a failed capture leaves the run folder as it found it
         graphs = capture_training(model, optimizer, env, config, sampler) if captured else None
     except CaptureError as error:

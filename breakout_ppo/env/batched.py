@@ -250,19 +250,19 @@ class BatchedBreakout:
         game, bricks = step.games
         side = draw & 1
         fresh = self._rules.fresh_game.index_select(0, torch.add(executed, side, alpha=NUM_ACTIONS))
-        fresh_bricks = ALL_BRICKS
+        full_wall, zero, zero_count = self._constants
+        fresh_bricks = full_wall
         partial_start = self.partial_start
         if self.partial_wall_prob > 0:
             partial, walls, standing = self._draw_walls()
-            fresh_bricks = torch.where(partial, walls, ALL_BRICKS)
+            fresh_bricks = torch.where(partial, walls, full_wall)
             if self.random_ball_starts:
                 fresh = torch.where(partial, self._draw_balls(fresh), fresh)
             partial_start = partial_start.clone()  # the info keeps the ending episodes' flags
             torch.where(done, partial, partial_start, out=self.partial_start)
         # Written into the env's own tensors (see the class docstring), one kernel each: step.games,
         # and the episode counters before the reset, are new tensors the info keeps.
-        full_wall, zero, zero_count = self._constants
-        torch.where(done, full_wall if fresh_bricks is ALL_BRICKS else fresh_bricks, bricks, out=self.games.bricks)
+        torch.where(done, fresh_bricks, bricks, out=self.games.bricks)
         torch.where(done, fresh, game, out=self.games.game)
         torch.where(done, zero, episode_return, out=self.episode_return)
         torch.where(done, zero_count, episode_length, out=self.episode_length)
